@@ -1,0 +1,96 @@
+"""The one event stream of a run.
+
+ansible-runner's events are folded into these, together with the tool's own
+step and rollback events; the terminal view, ``--output json``, JUnit and the
+audit store all consume the same ``Event`` objects.  The JSON form of an event
+is a stable, versioned schema (docs/events.md): add fields, never rename.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+SCHEMA_VERSION = 1
+
+
+class Outcome(str, enum.Enum):
+    """How a run ended.  The audit record and exit code derive from it."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # a step failed, nothing had changed
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    INTERRUPTED = "interrupted"
+    SKIPPED = "skipped"  # lock held: nothing ran
+    REFUSED = "refused"  # invalid input or approval missing: nothing ran
+
+
+class StepStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class HostStatus(str, enum.Enum):
+    OK = "ok"
+    CHANGED = "changed"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    SKIPPED = "skipped"
+
+
+class Kind(str, enum.Enum):
+    """Event kinds.  ``phase`` in step/host events is "run" or "rollback"."""
+
+    RUN_START = "run_start"  # run_id, runbook, path, check, params, operator, origin, started_at
+    STEP_START = "step_start"  # step, kind, hosts, phase
+    TASK_START = "task_start"  # step, task, phase
+    HOST_RESULT = "host_result"  # step, host, status, changed, duration, error, phase
+    STEP_END = "step_end"  # step, status, duration, phase, hosts: {host: status}
+    APPROVAL = "approval"  # step, approved, by, user
+    ROLLBACK_START = "rollback_start"  # steps: [names, in undo order]
+    ROLLBACK_END = "rollback_end"  # outcome, failures: [{step, host, error}]
+    ARTIFACT = "artifact"  # type: backup|secret_version|terraform_plan|..., plus its data (never a secret value)
+    NOTICE = "notice"  # level, message
+    RUN_END = "run_end"  # outcome, exit_code, ended_at, duration, failed_step, failed_hosts
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: Kind
+    data: dict[str, Any]
+    ts: float = field(default_factory=time.time)
+
+    def to_json(self, run_id: str) -> dict[str, Any]:
+        return {"v": SCHEMA_VERSION, "event": self.kind.value, "run_id": run_id, "ts": round(self.ts, 6), **self.data}
+
+
+class Sink(Protocol):
+    """A consumer of the event stream (console view, JSON printer, audit store)."""
+
+    def handle(self, event: Event) -> None: ...
+
+
+class Bus:
+    """Fans each event out to every sink, in order.  Cheap per event: O(sinks)."""
+
+    def __init__(self, sinks: list[Sink] | None = None) -> None:
+        self.sinks: list[Sink] = list(sinks or [])
+
+    def add(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def emit(self, kind: Kind, **data: Any) -> Event:
+        event = Event(kind, data)
+        for sink in self.sinks:
+            sink.handle(event)
+        return event
+
+
+EventCallback = Callable[[Event], None]
