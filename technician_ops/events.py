@@ -80,13 +80,16 @@ class Sink(Protocol):
 class Bus:
     """Fans each event out to every sink, in order.  Cheap per event: O(sinks)."""
 
-    def __init__(self, sinks: list[Sink] | None = None) -> None:
+    def __init__(self, sinks: list[Sink] | None = None, redactor: Any = None) -> None:
         self.sinks: list[Sink] = list(sinks or [])
+        self.redactor = redactor  # anything with .obj(data): applied before any sink sees the event
 
     def add(self, sink: Sink) -> None:
         self.sinks.append(sink)
 
-    def emit(self, kind: Kind, **data: Any) -> Event:
+    def emit(self, kind: Kind, /, **data: Any) -> Event:
+        if self.redactor:
+            data = self.redactor.obj(data)
         event = Event(kind, data)
         for sink in self.sinks:
             sink.handle(event)

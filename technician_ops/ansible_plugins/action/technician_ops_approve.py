@@ -1,0 +1,22 @@
+"""Action plugin: the ``approve`` step asks technician-ops for the operator's answer."""
+
+from __future__ import annotations
+
+from ansible.plugins.action import ActionBase
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):  # type: ignore[no-untyped-def]
+        from technician_ops.control import call
+
+        result = super().run(tmp, task_vars)
+        step = self._task.args.get("step", "")
+        reply = call("approve", step=step)
+        if reply.get("ok") and reply.get("approved"):
+            result.update(changed=False, msg=f"approved by {reply.get('by', 'operator')}")
+        else:
+            result.update(failed=True, msg=reply.get("error") or f"step {step!r} was not approved")
+        return result

@@ -1,0 +1,265 @@
+"""The command line: a thin click layer over ``technician_ops.api``.
+
+Each command parses, calls the API, and prints.  Expected errors
+(``TechnicianOpsError``) are rendered once, here, in one line plus a hint;
+anything else is a bug: its traceback goes to a debug log, not the screen.
+Heavy modules (ansible, ansible_runner, hvac, rich) are imported inside
+commands so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import ExitCode, TechnicianOpsError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _project(ctx: click.Context, **overrides: Any) -> Any:
+    from .project import load_project
+
+    root = ctx.obj.get("project") if ctx.obj else None
+    return load_project(Path(root) if root else None, **overrides)
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--project", "project", type=click.Path(file_okay=False), envvar="TECHNICIAN_OPS_PROJECT",
+              help="Project root (holds runbooks/). Default: nearest parent with runbooks/.")
+@click.version_option(package_name="technician-ops")
+@click.pass_context
+def cli(ctx: click.Context, project: str | None) -> None:
+    """Executable Markdown runbooks: steps run through Ansible, undo on failure, every run audited."""
+    ctx.ensure_object(dict)
+    ctx.obj["project"] = project
+
+
+@cli.command("list")
+@click.pass_context
+def list_cmd(ctx: click.Context) -> None:
+    """The runbooks under runbooks/ with their summaries."""
+    from .api import list_runbooks
+
+    project = _project(ctx)
+    rows = list_runbooks(project)
+    if not rows:
+        click.echo(f"no runbooks in {project.runbooks_dir}")
+        return
+    width = max(len(name) for _, name, _ in rows)
+    for _path, name, summary in rows:
+        click.echo(f"{name.ljust(width)}  {summary}")
+
+
+@cli.command("show")
+@click.argument("name")
+@click.pass_context
+def show_cmd(ctx: click.Context, name: str) -> None:
+    """A runbook's parameters and steps, or a run's audit record (by RUN_ID)."""
+    from .api import load
+    from .errors import NotFound
+
+    project = _project(ctx)
+    try:
+        runbook = load(name, project)
+    except NotFound:
+        if _looks_like_run_id(name):
+            _show_run(ctx, name)
+            return
+        raise
+    from .render import runbook_text
+
+    click.echo(runbook_text(runbook))
+
+
+def _looks_like_run_id(text: str) -> bool:
+    return len(text) >= 6 and all(c in "0123456789abcdef-" for c in text.lower())
+
+
+@cli.command("lint")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--strict", is_flag=True, help="Warnings (e.g. a mutating step without undo) are errors.")
+@click.pass_context
+def lint_cmd(ctx: click.Context, paths: tuple[str, ...], strict: bool) -> None:
+    """Validate runbooks; print each problem as path:line: message."""
+    from .loader import lint
+
+    project = _project(ctx)
+    files: list[Path] = []
+    for p in paths or (str(project.runbooks_dir),):
+        path = Path(p)
+        files.extend(sorted(path.glob("*.md")) if path.is_dir() else [path])
+    errors = warnings = 0
+    for f in files:
+        for diag in lint(f, project.root, strict=strict):
+            click.echo(str(diag), err=False)
+            errors += diag.severity == "error"
+            warnings += diag.severity == "warning"
+    click.echo(f"{len(files)} runbook(s): {errors} error(s), {warnings} warning(s)", err=True)
+    if errors:
+        raise SystemExit(int(ExitCode.DATAERR))
+
+
+def _param_options(func: Any) -> Any:
+    func = click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+                        help="A runbook parameter (repeatable). Also TECHNICIAN_OPS_PARAM_<KEY>.")(func)
+    func = click.option("-i", "--inventory", "inventory", multiple=True, type=click.Path(),
+                        help="Ansible inventory (repeatable). Default: inventory/ of the project.")(func)
+    return func
+
+
+@cli.command("compile")
+@click.argument("name")
+@click.option("-o", "--output-dir", "out", required=True, type=click.Path(file_okay=False), help="Where to write.")
+@click.option("--check", is_flag=True, help="Compile for check mode.")
+@_param_options
+@click.pass_context
+def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tuple[str, ...], inventory: tuple[str, ...]) -> None:
+    """Write the playbook, inventory and ansible.cfg a run would use."""
+    from .api import compile_runbook
+    from .params import parse_assignments
+
+    project = _project(ctx, inventory=inventory)
+    files = compile_runbook(name, project, Path(out), parse_assignments(params), check=check)
+    for label, path in files.items():
+        click.echo(f"{label:10} {path}")
+
+
+@cli.command("run")
+@click.argument("name")
+@_param_options
+@click.option("--check", is_flag=True, help="Dry run: Ansible check mode; nothing changes.")
+@click.option("-y", "--yes", is_flag=True, help="Approve every approve step (non-interactive).")
+@click.option("--approve", "approve", multiple=True, metavar="STEP", help="Approve one approve step (repeatable).")
+@click.option("--output", "output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON event per line on stdout, for CI.")
+@click.option("--strict", is_flag=True, help="Refuse a runbook with warnings.")
+@click.option("--wait-lock", type=float, default=0.0, metavar="SECONDS", help="Wait for the runbook's lock instead of exiting 75.")
+@click.option("--skip-preflight", is_flag=True, help="Do not check SSH reachability of the targets first.")
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL", help="Audit store (postgresql://...). Default: SQLite in .technician-ops/.")
+@click.pass_context
+def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: tuple[str, ...], check: bool, yes: bool,
+            approve: tuple[str, ...], output: str, strict: bool, wait_lock: float, skip_preflight: bool,
+            audit_url: str | None) -> None:
+    """Run a runbook: steps in order, undo on failure, one audit record."""
+    from .api import RunRequest, run
+    from .console import JsonView, TextView
+    from .params import parse_assignments
+
+    project = _project(ctx, inventory=inventory, audit_url=audit_url)
+    view = TextView() if output == "text" else None
+    interactive = sys.stdin.isatty() and output == "text"
+
+    def prompt(step: str, text: str) -> bool:
+        assert view is not None
+        with view.lock:
+            view.console.print(f"[bold yellow]approval needed[/] for step [bold]{step}[/]:\n{text}")
+            return click.confirm("Approve?", default=False)
+
+    from .audit import new_run_id
+
+    run_id = new_run_id()
+    sinks: list[Any] = [view] if view is not None else [JsonView(run_id)]
+    stop = _Cancel()
+    request = RunRequest(name, parse_assignments(params), check=check, yes=yes, approve=approve, strict=strict,
+                         prompt=prompt if interactive else None, wait_lock=wait_lock, skip_preflight=skip_preflight,
+                         run_id=run_id)
+    store = _open_store(project)
+    try:
+        with stop:
+            result = run(request, project, sinks, audit=store, cancelled=stop)
+    finally:
+        store.close()
+    raise SystemExit(int(result.exit_code))
+
+
+class _Cancel:
+    """SIGTERM/SIGINT ask ansible-runner to stop; the record then says interrupted."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._old: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.flag
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def __enter__(self) -> "_Cancel":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _open_store(project: Any) -> Any:
+    from .audit import open_store
+
+    return open_store(project.audit_url, project.root)
+
+
+def _show_run(ctx: click.Context, run_id: str) -> None:
+    from .render import record_text
+
+    project = _project(ctx)
+    store = _open_store(project)
+    try:
+        click.echo(record_text(store.get(run_id)))
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: the only place that turns errors into exit codes."""
+    try:
+        cli.main(args=argv, prog_name="technician-ops", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(int(ExitCode.USAGE))
+    except TechnicianOpsError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(int(exc.exit_code))
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except Exception:
+        log = _debug_log()
+        click.echo(f"internal error: this is a bug in technician-ops; the traceback is in {log}", err=True)
+        sys.exit(int(ExitCode.SOFTWARE))
+
+
+def _debug_log() -> Path:
+    import tempfile
+    import traceback
+
+    directory = Path(os.environ.get("TECHNICIAN_OPS_STATE_DIR") or tempfile.gettempdir())
+    path = directory / "technician-ops-debug.log"
+    try:
+        with open(path, "a") as fh:
+            traceback.print_exc(file=fh)
+    except OSError:
+        traceback.print_exc()
+    return path
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,270 @@
+"""plan: a runbook bound to parameters compiles to ONE Ansible playbook.
+
+One play per step, in document order, inside a fresh ansible-runner private
+data dir.  The rollback playbook is compiled later, from what actually
+completed, so it targets exactly the hosts each step touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import kinds
+from .errors import RunbookError, Diagnostic
+from .kinds.base import CompileContext, StepKind
+from .kinds.shell import Unsafe
+from .model import Runbook, Step
+from .params import parse_duration
+
+PLUGIN_DIR = Path(__file__).parent / "ansible_plugins"
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    step: Step
+    kind: StepKind
+    hosts: str  # rendered host pattern ("localhost" for controller steps)
+    undo: Step | None
+
+    @property
+    def name(self) -> str:
+        return self.step.name
+
+    @property
+    def has_undo(self) -> bool:
+        return self.undo is not None or self.kind.auto_undo
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Immutable: what will run, for which parameters, against which inventory."""
+
+    runbook: Runbook
+    project_root: Path
+    params: dict[str, Any]
+    steps: tuple[PlanStep, ...]
+    check: bool = False
+    inventory: tuple[Path, ...] = ()
+    forks: int = field(default_factory=lambda: os.cpu_count() or 2)
+
+    @property
+    def secret_names(self) -> set[str]:
+        return self.runbook.secret_names()
+
+    @property
+    def public_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params.items() if k not in self.secret_names}
+
+    def context(self, phase: str = "run", hosts: Any = None) -> CompileContext:
+        return CompileContext(self.runbook, self.project_root, self.params, self.secret_names, self.check, phase, hosts)
+
+    def playbook(self) -> list[dict[str, Any]]:
+        plays: list[dict[str, Any]] = []
+        for ps in self.steps:
+            plays.extend(ps.kind.plays(ps.step, self.context("run", ps.hosts)))
+        return plays
+
+    def rollback_playbook(self, completed: list[tuple[PlanStep, list[str]]]) -> list[dict[str, Any]]:
+        """Undo plays for ``completed`` (step, hosts it ran on), in reverse order."""
+        plays: list[dict[str, Any]] = []
+        for ps, hosts in reversed(completed):
+            ctx = self.context("rollback", hosts)
+            if ps.undo is not None:
+                undo_kind = kinds.registry()[ps.undo.kind]
+                undo_step = ps.undo
+                if undo_step.hosts:  # an explicit hosts= on the undo block wins
+                    ctx.hosts = render(undo_step.hosts, self.public_params, undo_step)
+                tasks = undo_kind.tasks(undo_step, ctx)
+                play_list = [standard_play(undo_kind, undo_step, ctx, tasks)]
+            else:
+                undo_step = ps.step
+                play_list = [standard_play(ps.kind, ps.step, ctx, ps.kind.undo_tasks(ps.step, ctx))]
+            for play in play_list:
+                play["name"] = f"undo:{ps.name}"
+                # An undo must not stop the other undos: a failed host is
+                # rescued (the failure is still in the event stream) and
+                # unreachable hosts do not leave later plays.
+                play.pop("any_errors_fatal", None)
+                play.pop("max_fail_percentage", None)
+                play.pop("serial", None)
+                play["ignore_unreachable"] = True
+                block = play["tasks"][0]
+                block["rescue"] = [{"name": "undo failed", "ansible.builtin.set_fact": {"technician_ops_undo_failed": True}}]
+                plays.append(play)
+        return plays
+
+
+def render(template: str, values: dict[str, Any], step: Step) -> str:
+    """Render an attribute value with our sandbox (StrictUndefined)."""
+    if "{" not in template:
+        return template
+    from jinja2 import StrictUndefined, TemplateError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    try:
+        return SandboxedEnvironment(undefined=StrictUndefined).from_string(template).render(values)
+    except TemplateError as exc:
+        raise RunbookError([Diagnostic(step_path(step), step.line, f"cannot render {template!r}: {exc}")]) from None
+
+
+def step_path(step: Step) -> str:
+    return "runbook"
+
+
+def build_plan(runbook: Runbook, project_root: Path, params: dict[str, Any], *, check: bool = False,
+               inventory: tuple[Path, ...] = ()) -> Plan:
+    registry = kinds.registry()
+    public = {k: v for k, v in params.items() if k not in runbook.secret_names()}
+    steps = []
+    for step in runbook.steps:
+        kind = registry[step.kind]
+        pattern = "localhost" if kind.controller else (step.hosts or runbook.hosts or "")
+        try:
+            hosts = render(pattern, public, step)
+        except RunbookError as exc:
+            raise RunbookError([Diagnostic(runbook.path, d.line, d.message) for d in exc.diagnostics]) from None
+        steps.append(PlanStep(step, kind, hosts, runbook.undos.get(step.name)))
+    return Plan(runbook, project_root, params, tuple(steps), check, inventory)
+
+
+def standard_play(kind: StepKind, step: Step, ctx: CompileContext, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    attrs = step.attrs
+    hosts: Any = ctx.hosts
+    if kind.controller:
+        hosts = "localhost"
+    elif isinstance(hosts, list):
+        hosts = ",".join(hosts) if hosts else "!all"
+    play: dict[str, Any] = {"name": step.name, "hosts": hosts, "gather_facts": False}
+    if attrs.get("continue_on_error", "false").lower() not in ("true", "yes"):
+        if "max_fail_percentage" in attrs:
+            play["max_fail_percentage"] = int(attrs["max_fail_percentage"])
+        else:
+            play["any_errors_fatal"] = True
+    if "serial" in attrs and not kind.controller:
+        serial = attrs["serial"]
+        play["serial"] = int(serial) if serial.isdigit() else serial
+    if attrs.get("become", "").lower() in ("true", "yes"):
+        play["become"] = True
+        if "become_user" in attrs:
+            play["become_user"] = attrs["become_user"]
+    play["vars_files"] = ["params.yml"]
+    secret_vars = _secret_vars(step, ctx)
+    if secret_vars:
+        play["vars"] = secret_vars
+    tasks = [_with_no_log(t, ctx.secret_names) for t in tasks]
+    if "retries" in attrs:
+        tasks = [_with_retries(t, int(attrs["retries"]), int(attrs.get("delay", "5"))) for t in tasks]
+    block: dict[str, Any] = {"name": step.name, "block": tasks}
+    if "when" in attrs:
+        block["when"] = attrs["when"]
+    if "timeout" in attrs:
+        block["timeout"] = parse_duration(attrs["timeout"])
+    if attrs.get("continue_on_error", "false").lower() in ("true", "yes"):
+        block["ignore_errors"] = True
+    play["tasks"] = [block]
+    return play
+
+
+def _mentions(text: str, name: str) -> bool:
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text) is not None
+
+
+def _secret_vars(step: Step, ctx: CompileContext) -> dict[str, str]:
+    """Secrets are fetched at run time through our lookup: never in a file."""
+    return {
+        name: "{{ lookup('technician_ops_secret', '%s') }}" % name
+        for name in sorted(ctx.secret_names)
+        if _mentions(step.body, name) or (name in ctx.params and _mentions(step.body, name.upper()))
+    }
+
+
+def _with_no_log(task: dict[str, Any], secrets: set[str]) -> dict[str, Any]:
+    if not secrets or "no_log" in task:
+        return task
+    text = yaml.safe_dump(task, default_flow_style=True) if not isinstance(task, str) else task
+    if any(_mentions(text, s) for s in secrets):
+        return {**task, "no_log": True}
+    return task
+
+
+def _with_retries(task: dict[str, Any], retries: int, delay: int) -> dict[str, Any]:
+    if "block" in task or "until" in task:
+        return task
+    register = task.get("register") or "technician_ops_attempt"
+    return {**task, "register": register, "retries": retries, "delay": delay, "until": f"{register} is succeeded"}
+
+
+# -- writing the files ansible-runner reads ------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _unsafe_representer(dumper: yaml.SafeDumper, data: Unsafe) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("!unsafe", str(data), style=style)
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+
+
+_Dumper.add_representer(Unsafe, _unsafe_representer)
+_Dumper.add_representer(str, _str_representer)
+_Dumper.add_multi_representer(str, _str_representer)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+
+
+def ansible_cfg(plan: Plan, state_dir: Path, *, accelerate: bool = False) -> str:
+    lines = [
+        "# Generated by technician-ops: the settings of this run.",
+        "[defaults]",
+        f"forks = {plan.forks}",
+        "gathering = explicit",
+        "retry_files_enabled = False",
+        "host_key_checking = True",
+        "interpreter_python = auto_silent",
+        "deprecation_warnings = False",
+        "localhost_warning = False",
+        f"action_plugins = {PLUGIN_DIR / 'action'}",
+        f"lookup_plugins = {PLUGIN_DIR / 'lookup'}",
+        f"roles_path = {plan.project_root / 'roles'}",
+        "timeout = 10",
+        "[ssh_connection]",
+        "pipelining = True",
+        f"control_path_dir = {state_dir / 'cp'}",
+        "ssh_args = -o ControlMaster=auto -o ControlPersist=60s -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=3",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def controller_inventory(local_hosts_needing_python: list[str]) -> str:
+    """Extra inventory: the controller's interpreter for local-connection hosts.
+
+    Interpreter discovery picks wrong behind pyenv shims, so hosts that run
+    on the controller use the interpreter technician-ops itself runs on.
+    """
+    py = sys.executable
+    hosts: dict[str, Any] = {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": py}}
+    for name in local_hosts_needing_python:
+        hosts[name] = {"ansible_python_interpreter": py}
+    return "# Generated by technician-ops\n" + dump_yaml({"all": {"hosts": hosts}})
+
+
+def params_file(plan: Plan) -> str:
+    """Non-secret parameters, marked unsafe so a value is never templated."""
+    values = {k: (Unsafe(v) if isinstance(v, str) else v) for k, v in plan.public_params.items()}
+    values["technician_ops_check"] = plan.check
+    return "# Generated by technician-ops: run parameters (secrets are never written here)\n" + dump_yaml(values)

@@ -1,0 +1,72 @@
+"""Secret values never reach a log, artifact, record or console.
+
+Steps that use secrets run with ``no_log``; this is the second line: every
+event is redacted before any sink sees it, and every file a run wrote is
+scrubbed after ansible-runner exits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+MASK = "********"
+
+
+class Redactor:
+    def __init__(self, values: list[str] | None = None) -> None:
+        self._values: list[str] = []
+        for value in values or []:
+            self.add(value)
+
+    def add(self, value: str | None) -> None:
+        if value and value not in self._values:
+            self._values.append(value)
+            self._values.sort(key=len, reverse=True)  # longest first: no partial leftovers
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    def text(self, text: str) -> str:
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, MASK)
+        return text
+
+    def obj(self, data: Any) -> Any:
+        if not self._values:
+            return data
+        if isinstance(data, str):
+            return self.text(data)
+        if isinstance(data, dict):
+            return {k: self.obj(v) for k, v in data.items()}
+        if isinstance(data, (list, tuple)):
+            return [self.obj(v) for v in data]
+        return data
+
+    def scrub_tree(self, root: Path) -> int:
+        """Rewrite every file under ``root`` that contains a secret; returns files changed."""
+        if not self._values or not root.exists():
+            return 0
+        needles = [v.encode() for v in self._values]
+        changed = 0
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = Path(dirpath, name)
+                if path.is_symlink():
+                    continue
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                new = data
+                for needle in needles:
+                    new = new.replace(needle, MASK.encode())
+                if new != data:
+                    tmp = path.with_name(path.name + ".scrub")
+                    tmp.write_bytes(new)
+                    os.chmod(tmp, 0o600)
+                    os.replace(tmp, path)
+                    changed += 1
+        return changed
