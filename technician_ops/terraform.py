@@ -219,7 +219,7 @@ def _wrapper_class() -> type:
     methods, and replace the process launch: filtered env, no output logging,
     no state-file re-reading.
     """
-    from python_terraform import Terraform  # type: ignore[import-untyped]
+    from python_terraform import Terraform
 
     class _Terraform(Terraform):  # type: ignore[misc]
         def __init__(self, working_dir: str, env: dict[str, str], terraform_bin: str) -> None:
