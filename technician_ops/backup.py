@@ -18,6 +18,7 @@ step.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -222,7 +223,7 @@ class BackupStore:
                 hint="do not restore from it; pick an older run's backup (`technician-ops show RUN`)",
             )
 
-    def prune(self, runbook: str, keep: int, order: Sequence[str] | None = None) -> list[str]:
+    def prune(self, runbook: str, keep: int, order: Sequence[str] | None = None) -> builtins.list[str]:
         """Keep the backups of the last ``keep`` runs of ``runbook``; return the run ids removed.
 
         ``order`` is the caller's list of run ids, oldest first (from the

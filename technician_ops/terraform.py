@@ -221,7 +221,7 @@ def _wrapper_class() -> type:
     """
     from python_terraform import Terraform
 
-    class _Terraform(Terraform):  # type: ignore[misc]
+    class _Terraform(Terraform):
         def __init__(self, working_dir: str, env: dict[str, str], terraform_bin: str) -> None:
             # state=None makes the base class read ./terraform.tfstate; harmless.
             super().__init__(working_dir=working_dir, terraform_bin_path=terraform_bin)

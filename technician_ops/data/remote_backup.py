@@ -36,10 +36,12 @@ import io
 import json
 import os
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
 import time
+from typing import Any, Dict, List, Optional, Tuple
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -67,8 +69,6 @@ def _kind(path: str) -> str | None:
         return None
     if os.path.islink(path):
         return "symlink"
-    import stat
-
     if stat.S_ISDIR(st.st_mode):
         return "dir"
     if stat.S_ISREG(st.st_mode):
@@ -105,11 +105,11 @@ def create(out: str, paths: list[str]) -> dict:
     for index, raw in enumerate(paths):
         path = os.path.abspath(raw)
         kind = _kind(path)
-        entry = {"index": index, "path": path, "existed": kind is not None, "type": kind, "files": []}
+        entry: Dict[str, Any] = {"index": index, "path": path, "existed": kind is not None, "type": kind, "files": []}
         if kind == "dir":
             entry["files"] = _listing(path)
         roots.append(entry)
-    manifest = {"format": FORMAT_VERSION, "created_at": time.time(), "roots": roots}
+    manifest: Dict[str, Any] = {"format": FORMAT_VERSION, "created_at": time.time(), "roots": roots}
 
     out = os.path.abspath(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -209,7 +209,7 @@ def _remove(path: str) -> None:
 
 def restore(archive: str, expected: str) -> dict:
     tar, manifest = _open_verified(archive, expected)
-    staged: list[tuple[dict, str | None]] = []  # (root, temp dir holding its copy)
+    staged: List[Tuple[Dict[str, Any], Optional[str]]] = []  # (root, temp dir holding its copy)
     results = []
     try:
         with tar:
@@ -228,17 +228,17 @@ def restore(archive: str, expected: str) -> dict:
                 staged.append((root, tmp))
         # Phase 2: swap in.  Each root: move the current one aside, rename the
         # restored copy into place, then delete the old one.
-        for root, tmp in staged:
+        for root, staged_dir in staged:
             target = root["path"]
-            if tmp is None:
+            if staged_dir is None:
                 existed_now = os.path.lexists(target)
                 _remove(target)
                 results.append({"path": target, "action": "removed" if existed_now else "absent"})
                 continue
-            restored = os.path.join(tmp, "roots", str(root["index"]))
+            restored = os.path.join(staged_dir, "roots", str(root["index"]))
             old = None
             if os.path.lexists(target):
-                old = os.path.join(tmp, "previous")
+                old = os.path.join(staged_dir, "previous")
                 os.rename(target, old)
             try:
                 os.rename(restored, target)
@@ -248,9 +248,9 @@ def restore(archive: str, expected: str) -> dict:
                 raise
             results.append({"path": target, "action": "restored"})
     finally:
-        for _, tmp in staged:
-            if tmp is not None and os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+        for _, leftover in staged:
+            if leftover is not None and os.path.exists(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
     return {"ok": True, "action": "restore", "archive": archive, "sha256": expected.lower(), "roots": results}
 
 
