@@ -82,9 +82,10 @@ class RunResult:
 
 
 def bind_plan(runbook: Runbook, project: Project, raw_params: dict[str, str], *, check: bool = False,
-              environ: dict[str, str] | None = None) -> Plan:
+              environ: dict[str, str] | None = None, run_id: str = "compiled") -> Plan:
     values = bind(runbook.params, raw_params, environ)
-    plan = build_plan(runbook, project.root, values, check=check, inventory=project.inventory)
+    plan = build_plan(runbook, project.root, values, check=check, inventory=project.inventory, run_id=run_id,
+                      state_dir=project.state_dir)
     if project.forks:
         object.__setattr__(plan, "forks", project.forks)
     return plan
@@ -176,6 +177,23 @@ class _Approvals:
         return {"ok": True, "approved": approved, "by": by}
 
 
+class _Emitter:
+    """Lets our action plugins add events (artifacts: backups, secret versions, plans) to the stream."""
+
+    ALLOWED = {"artifact": Kind.ARTIFACT, "notice": Kind.NOTICE}
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        kind = self.ALLOWED.get(str(request.get("kind")))
+        data = request.get("data")
+        if kind is None or not isinstance(data, dict):
+            return {"ok": False, "error": "emit takes kind artifact|notice and a data object"}
+        self.bus.emit(kind, **data)
+        return {"ok": True}
+
+
 def _user() -> str:
     from .origin import operator
 
@@ -210,7 +228,7 @@ def run(request: RunRequest, project: Project, sinks: list[Sink], *, audit: Any 
         "check": request.check, "started_at": _now(), "params": {},
     }
     try:
-        plan = bind_plan(runbook, project, request.params, check=request.check, environ=request.environ)
+        plan = bind_plan(runbook, project, request.params, check=request.check, environ=request.environ, run_id=run_id)
         header["params"] = _redacted_params(plan)
         approvals = _Approvals(plan, request, bus)
         approvals.precheck()
@@ -265,9 +283,12 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
     tracker = StepTracker(bus, names, "run", redactor, kinds_by, hosts_by)
     interrupted = False
     try:
-        with ControlServer({"approve": approvals, "secret": _Secrets(plan)}) as control:
+        handlers = {"approve": approvals, "secret": _Secrets(plan), "emit": _Emitter(bus)}
+        with ControlServer(handlers) as control:
+            env = {**control.env, "TECHNICIAN_OPS_RUN_ID": run_id, "TECHNICIAN_OPS_STATE_DIR": str(project.state_dir),
+                   "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}
             result = execute(pdd, files["playbook"], inventories, tracker, ident="run", check=plan.check,
-                             envvars=control.env, timeout=plan.runbook.timeout, cancel=cancelled)
+                             envvars=env, timeout=plan.runbook.timeout, cancel=cancelled)
             interrupted = bool(cancelled and cancelled())
             failed = next((n for n in tracker.order if tracker.steps[n].status is StepStatus.FAILED), None)
             if result.rc != 0 and failed is None and not interrupted:
@@ -276,7 +297,7 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
                 outcome = Outcome.INTERRUPTED
             elif failed is not None or result.rc != 0:
                 failed_step = failed
-                outcome, rollback_info = _roll_back(plan, tracker, failed, pdd, inventories, control.env, bus, redactor)
+                outcome, rollback_info = _roll_back(plan, tracker, failed, pdd, inventories, env, bus, redactor)
     except KeyboardInterrupt:
         outcome = Outcome.INTERRUPTED
     finally:

@@ -53,6 +53,8 @@ class Plan:
     check: bool = False
     inventory: tuple[Path, ...] = ()
     forks: int = field(default_factory=lambda: os.cpu_count() or 2)
+    run_id: str = "compiled"
+    state_dir: Path = Path(".technician-ops")
 
     @property
     def secret_names(self) -> set[str]:
@@ -63,7 +65,8 @@ class Plan:
         return {k: v for k, v in self.params.items() if k not in self.secret_names}
 
     def context(self, phase: str = "run", hosts: Any = None) -> CompileContext:
-        return CompileContext(self.runbook, self.project_root, self.params, self.secret_names, self.check, phase, hosts)
+        extra = {"run_id": self.run_id, "state_dir": self.state_dir}
+        return CompileContext(self.runbook, self.project_root, self.params, self.secret_names, self.check, phase, hosts, extra)
 
     def playbook(self) -> list[dict[str, Any]]:
         plays: list[dict[str, Any]] = []
@@ -119,7 +122,7 @@ def step_path(step: Step) -> str:
 
 
 def build_plan(runbook: Runbook, project_root: Path, params: dict[str, Any], *, check: bool = False,
-               inventory: tuple[Path, ...] = ()) -> Plan:
+               inventory: tuple[Path, ...] = (), run_id: str = "compiled", state_dir: Path | None = None) -> Plan:
     registry = kinds.registry()
     public = {k: v for k, v in params.items() if k not in runbook.secret_names()}
     steps = []
@@ -131,7 +134,8 @@ def build_plan(runbook: Runbook, project_root: Path, params: dict[str, Any], *, 
         except RunbookError as exc:
             raise RunbookError([Diagnostic(runbook.path, d.line, d.message) for d in exc.diagnostics]) from None
         steps.append(PlanStep(step, kind, hosts, runbook.undos.get(step.name)))
-    return Plan(runbook, project_root, params, tuple(steps), check, inventory)
+    return Plan(runbook, project_root, params, tuple(steps), check, inventory,
+                run_id=run_id, state_dir=state_dir or project_root / ".technician-ops")
 
 
 def standard_play(kind: StepKind, step: Step, ctx: CompileContext, tasks: list[dict[str, Any]]) -> dict[str, Any]:
