@@ -339,8 +339,10 @@ def connect(env: Mapping[str, str] | None = None) -> VaultClient:
             raise ConfigError(f"VAULT_CACERT/VAULT_CAPATH {cacert} does not exist")
         verify = cacert
 
+    # sys/health is a root-namespace endpoint: ask it without the namespace header.
+    probe = hvac.Client(url=addr, verify=verify, timeout=REQUEST_TIMEOUT)
+    _check_health(probe, addr, addr_source, requests)
     client = hvac.Client(url=addr, namespace=namespace, verify=verify, timeout=REQUEST_TIMEOUT)
-    _check_health(client, addr, addr_source, requests)
 
     token = _env_get(env, "TOKEN")
     role_id, secret_id = _env_get(env, "ROLE_ID"), _env_get(env, "SECRET_ID")
