@@ -141,6 +141,13 @@ class SecretValue:
     def __reduce__(self) -> Any:
         raise TypeError("a SecretValue cannot be pickled: secret values never go to disk")
 
+    # Immutable: copies may share it (so dataclasses.asdict() works on a Rotation).
+    def __copy__(self) -> SecretValue:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SecretValue:
+        return self
+
 
 @dataclass(frozen=True)
 class SecretRef:
@@ -381,7 +388,9 @@ def connect(env: Mapping[str, str] | None = None) -> VaultClient:
         auth = f"token ({token_file})"
         client.token = token
 
-    vc = VaultClient(client, addr=addr, namespace=namespace, auth_method=auth)
+    vc = VaultClient(
+        client, addr=addr, namespace=namespace, auth_method=auth, addr_source=addr_source
+    )
     vc._check_token()
     return vc
 
@@ -433,6 +442,7 @@ class VaultClient:
         addr: str,
         namespace: str | None = None,
         auth_method: str = "token",
+        addr_source: str = "VAULT_ADDR",
     ) -> None:
         import requests
 
@@ -440,6 +450,7 @@ class VaultClient:
         self.addr = addr
         self.namespace = namespace
         self.auth_method = auth_method
+        self.addr_source = addr_source
         self._requests = requests
 
     def __repr__(self) -> str:
@@ -450,13 +461,16 @@ class VaultClient:
 
     # -- plumbing ---------------------------------------------------------
 
-    def _call(self, what: str, path: str, fn: Callable[[], Any]) -> Any:
+    def _call(
+        self, what: str, path: str, fn: Callable[[], Any], *, capability: str | None = None
+    ) -> Any:
         """Run one hvac request, turning its errors into ours.
 
         hvac's message can contain the response body, so only the status
         and our own words reach the error (and the hvac error is not chained).
         A 404 becomes :class:`VaultSecretNotFound` and a check-and-set
-        mismatch :class:`VaultConflict`, which callers refine.
+        mismatch :class:`VaultConflict`, which callers refine; a 403 names
+        ``capability`` when the caller knows which one the request needs.
         """
         import hvac
 
@@ -464,18 +478,20 @@ class VaultClient:
             return fn()
         except self._requests.exceptions.RequestException:
             raise _unavailable(
-                self.addr, "VAULT_ADDR", f"did not answer while trying to {what}"
+                self.addr, self.addr_source, f"did not answer while trying to {what}"
             ) from None
         except hvac.exceptions.InvalidPath:
             raise VaultSecretNotFound(f"Vault secret {path} does not exist") from None
         except hvac.exceptions.Forbidden:
+            if capability:
+                raise VaultPermissionError(path, [capability]) from None
             raise VaultError(
                 f"Vault denied the request to {what} on {path} (HTTP 403)",
                 hint="check the token's policy, or that it has not expired",
             ) from None
         except (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError) as exc:
             raise _unavailable(
-                self.addr, "VAULT_ADDR", f"failed to {what} (HTTP {_status(exc)})"
+                self.addr, self.addr_source, f"failed to {what} (HTTP {_status(exc)})"
             ) from None
         except hvac.exceptions.InvalidRequest as exc:
             if "check-and-set" in str(exc):
@@ -495,7 +511,7 @@ class VaultClient:
                 hint="it may have expired or been revoked; log in again",
             ) from None
         except self._requests.exceptions.RequestException:
-            raise _unavailable(self.addr, "VAULT_ADDR") from None
+            raise _unavailable(self.addr, self.addr_source) from None
         except hvac.exceptions.VaultError as exc:
             raise ConfigError(
                 f"could not check the Vault token at {self.addr}: HTTP {_status(exc)}"
@@ -512,6 +528,7 @@ class VaultClient:
                 "read the metadata",
                 f"{mount}/metadata/{path}",
                 lambda: self._kv.read_secret_metadata(path=path, mount_point=mount),
+                capability="read",
             )
         except VaultSecretNotFound:
             return None
@@ -527,6 +544,7 @@ class VaultClient:
                 lambda: self._kv.read_secret_version(
                     path=path, mount_point=mount, version=version, raise_on_deleted_version=False
                 ),
+                capability="read",
             )
         except VaultSecretNotFound:
             raise VaultSecretNotFound(f"Vault secret {where} does not exist") from None
@@ -546,6 +564,7 @@ class VaultClient:
                 lambda: self._kv.create_or_update_secret(
                     path=path, secret=data, mount_point=mount, cas=cas
                 ),
+                capability="update" if cas else "create",
             )
         except VaultConflict:
             raise VaultConflict(
@@ -608,15 +627,32 @@ class VaultClient:
             if missing:
                 raise VaultPermissionError(p, missing)
 
-    def rotate(self, ref: SecretRef, generator: Callable[[], str]) -> Rotation:
+    def rotate(
+        self,
+        ref: SecretRef,
+        generator: Callable[[], str],
+        *,
+        expected_version: int | None = None,
+    ) -> Rotation:
         """Write a new value for ``ref.key`` as version N+1 with ``cas=N``.
 
         The other keys of the secret are carried over unchanged.  If anyone
         writes the secret between our read and our write, the check-and-set
         fails and :class:`VaultConflict` is raised with nothing published.
+
+        ``expected_version`` is the N the caller recorded as its intent (from
+        :meth:`current_version`) before calling: if the secret has moved on
+        since, the rotation is refused rather than recorded against the
+        wrong version.  The generator runs only after every check passed.
         """
         self.check_capabilities(ref.mount, ref.path)
         old_version = self.current_version(ref.mount, ref.path)
+        if expected_version is not None and old_version != expected_version:
+            raise VaultConflict(
+                f"{ref.mount}/{ref.path} is at version {old_version}, not the recorded "
+                f"version {expected_version}; nothing was written",
+                hint="another writer changed it since the intent was recorded; retry",
+            )
         if old_version:
             try:
                 data, _ = self._read_version(ref.mount, ref.path, old_version)
@@ -680,6 +716,7 @@ class VaultClient:
                 "soft-delete the created version",
                 f"{mount}/data/{path}",
                 lambda: self._kv.delete_latest_version_of_secret(path=path, mount_point=mount),
+                capability="delete",
             )
             return current
         self._refuse_unless_restorable(where, n, meta)

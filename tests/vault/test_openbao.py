@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import traceback
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,8 +43,19 @@ def metadata(root: Any, path: str) -> dict[str, Any]:
     return root.secrets.kv.v2.read_secret_metadata(path=path, mount_point=MOUNT)["data"]
 
 
-def fixed(value: str):
+def fixed(value: str) -> Callable[[], str]:
     return lambda: value
+
+
+class Spy:
+    """A generator that counts its calls: proves a failure came before generation."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        return "must-never-be-written"
 
 
 # ------------------------------------------------------------------ connecting
@@ -211,10 +223,10 @@ def test_rotate_refuses_when_current_version_is_deleted(
 ) -> None:
     put(root, secret_path, {"password": "a", "user": "app"})
     root.secrets.kv.v2.delete_latest_version_of_secret(path=secret_path, mount_point=MOUNT)
-    called = []
+    spy = Spy()
     with pytest.raises(vault.VaultError, match="is deleted; its other keys would be lost"):
-        client.rotate(SecretRef(MOUNT, secret_path, "password"), lambda: called.append(1) or "x")
-    assert not called
+        client.rotate(SecretRef(MOUNT, secret_path, "password"), spy)
+    assert spy.calls == 0
     assert metadata(root, secret_path)["current_version"] == 1
 
 
@@ -325,10 +337,10 @@ def test_read_only_token_is_refused_before_any_change(
     assert f"'create', 'update' capability on {MOUNT}/data/{secret_path}" in str(err)
     assert err.exit_code is ExitCode.CONFIG
 
-    called = []
+    spy = Spy()
     with pytest.raises(VaultPermissionError, match=f"on {MOUNT}/data/{secret_path}"):
-        client.rotate(ref, lambda: called.append(1) or "never")
-    assert not called, "the generator must not run when the write is not allowed"
+        client.rotate(ref, spy)
+    assert spy.calls == 0, "the generator must not run when the write is not allowed"
     assert latest(root, secret_path) == ({"password": "original"}, 1)
     assert ro_token not in _everything_shown(err)
 
@@ -363,10 +375,10 @@ def test_stopped_server_fails_before_touching_anything(
     finally:
         server.stop()
 
-    called = []
+    spy = Spy()
     with pytest.raises(DependencyUnavailable) as info:
-        client.rotate(SecretRef(MOUNT, "app/db", "password"), lambda: called.append(1) or "x")
-    assert not called
+        client.rotate(SecretRef(MOUNT, "app/db", "password"), spy)
+    assert spy.calls == 0
     assert server.addr in str(info.value) and "VAULT_ADDR" in str(info.value)
     assert info.value.exit_code is ExitCode.TEMPFAIL
 
@@ -445,3 +457,32 @@ def test_canary_token_and_values_never_shown(
     for secret_text in (bao_server.token, canary_old, canary_new, canary_other):
         assert secret_text not in text
     assert f"{MOUNT}/{secret_path}" in text  # the test looked at real messages
+
+
+def test_rotate_refuses_when_the_recorded_intent_is_stale(
+    client: VaultClient, root: Any, secret_path: str
+) -> None:
+    put(root, secret_path, {"password": "original"})
+    recorded = client.current_version(MOUNT, secret_path)
+    put(root, secret_path, {"password": "moved-on"})
+    spy = Spy()
+    with pytest.raises(VaultConflict, match="at version 2, not the recorded version 1"):
+        client.rotate(SecretRef(MOUNT, secret_path, "password"), spy, expected_version=recorded)
+    assert spy.calls == 0
+    assert latest(root, secret_path) == ({"password": "moved-on"}, 2)
+
+
+def test_denied_read_names_path_and_capability(
+    bao_server: OpenBaoServer, root: Any, secret_path: str, tmp_path: Path
+) -> None:
+    name = f"metaonly-{secret_path.replace('/', '-')}"
+    root.sys.create_or_update_policy(
+        name=name, policy=f'path "{MOUNT}/metadata/{secret_path}" {{ capabilities = ["read"] }}'
+    )
+    tok = root.auth.token.create(policies=[name], ttl="10m")["auth"]["client_token"]
+    put(root, secret_path, {"password": "original"})
+    client = vault.connect({"VAULT_ADDR": bao_server.addr, "VAULT_TOKEN": tok, "HOME": str(tmp_path)})
+    assert client.current_version(MOUNT, secret_path) == 1
+    with pytest.raises(VaultPermissionError) as info:
+        client.read(SecretRef(MOUNT, secret_path, "password"))
+    assert (info.value.path, info.value.missing) == (f"{MOUNT}/data/{secret_path}", ("read",))

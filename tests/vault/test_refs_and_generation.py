@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pickle
 import string
 import sys
@@ -169,3 +171,11 @@ def test_rotation_record_and_repr_carry_no_value() -> None:
         "key_existed": True,
     }
     assert rotation.ref == SecretRef("secret", "app/db", "password")
+
+
+def test_rotation_asdict_keeps_the_value_wrapped() -> None:
+    rotation = Rotation("secret", "app/db", "password", 3, 4, True, SecretValue("hunter2-canary"))
+    as_dict = dataclasses.asdict(rotation)
+    assert "hunter2" not in repr(as_dict)
+    with pytest.raises(TypeError):
+        json.dumps(as_dict)  # a value cannot be serialised by accident
