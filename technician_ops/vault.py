@@ -77,7 +77,7 @@ class VaultPermissionError(VaultError):
         self.missing = tuple(missing)
         super().__init__(
             f"Vault token lacks the {', '.join(repr(m) for m in self.missing)} "
-            f"capability on {path}",
+            f"{'capability' if len(self.missing) == 1 else 'capabilities'} on {path}",
             hint=hint or f"grant the capability on {path} in the token's policy",
         )
 
@@ -401,16 +401,23 @@ def _status(exc: BaseException) -> str:
     return str(code) if code is not None else type(exc).__name__
 
 
-def _unavailable(addr: str, source: str, why: str = "is unreachable") -> DependencyUnavailable:
+def _unavailable(
+    addr: str, source: str, why: str = "is unreachable", *, hint: str | None = None
+) -> DependencyUnavailable:
     return DependencyUnavailable(
-        f"OpenBao/Vault at {addr} ({source}) {why}; nothing was changed",
-        hint="start or unseal the server, or point VAULT_ADDR at a running one",
+        f"OpenBao/Vault at {addr} ({source}) {why}",
+        hint=hint or "start or unseal the server, or point VAULT_ADDR at a running one",
     )
 
 
 def _check_health(client: hvac.Client, addr: str, source: str, requests: Any) -> None:
     try:
         health = client.sys.read_health_status(method="GET")
+    except requests.exceptions.SSLError:
+        raise ConfigError(
+            f"TLS verification of OpenBao/Vault at {addr} ({source}) failed",
+            hint="set VAULT_CACERT to the CA certificate that signed the server's certificate",
+        ) from None
     except requests.exceptions.RequestException:
         raise _unavailable(addr, source) from None
     if not isinstance(health, dict):
@@ -462,7 +469,13 @@ class VaultClient:
     # -- plumbing ---------------------------------------------------------
 
     def _call(
-        self, what: str, path: str, fn: Callable[[], Any], *, capability: str | None = None
+        self,
+        what: str,
+        path: str,
+        fn: Callable[[], Any],
+        *,
+        capability: str | None = None,
+        mutating: bool = False,
     ) -> Any:
         """Run one hvac request, turning its errors into ours.
 
@@ -471,14 +484,22 @@ class VaultClient:
         A 404 becomes :class:`VaultSecretNotFound` and a check-and-set
         mismatch :class:`VaultConflict`, which callers refine; a 403 names
         ``capability`` when the caller knows which one the request needs.
+        A mutating request that got no answer may still have been applied,
+        and the error says so.
         """
         import hvac
 
         try:
             return fn()
         except self._requests.exceptions.RequestException:
+            hint = (
+                f"the change may or may not have been applied: check the versions of {path} "
+                "before retrying"
+                if mutating
+                else None
+            )
             raise _unavailable(
-                self.addr, self.addr_source, f"did not answer while trying to {what}"
+                self.addr, self.addr_source, f"did not answer while trying to {what}", hint=hint
             ) from None
         except hvac.exceptions.InvalidPath:
             raise VaultSecretNotFound(f"Vault secret {path} does not exist") from None
@@ -565,6 +586,7 @@ class VaultClient:
                     path=path, secret=data, mount_point=mount, cas=cas
                 ),
                 capability="update" if cas else "create",
+                mutating=True,
             )
         except VaultConflict:
             raise VaultConflict(
@@ -717,6 +739,7 @@ class VaultClient:
                 f"{mount}/data/{path}",
                 lambda: self._kv.delete_latest_version_of_secret(path=path, mount_point=mount),
                 capability="delete",
+                mutating=True,
             )
             return current
         self._refuse_unless_restorable(where, n, meta)

@@ -115,10 +115,11 @@ def test_connect_over_tls_with_cacert(tmp_path_factory: pytest.TempPathFactory) 
         home = str(tmp_path_factory.mktemp("home"))
         client = vault.connect({**server.env, "HOME": home})
         assert client.current_version(MOUNT, "nothing/here") == 0
-        # Without the CA the certificate is not trusted: the server is "unreachable".
+        # Without the CA the certificate is not trusted: a configuration error.
         env = {k: v for k, v in server.env.items() if k != "VAULT_CACERT"}
-        with pytest.raises(DependencyUnavailable, match="VAULT_ADDR"):
+        with pytest.raises(ConfigError, match="TLS verification of .* failed") as info:
             vault.connect({**env, "HOME": home})
+        assert "VAULT_CACERT" in str(info.value.hint)
         with pytest.raises(ConfigError, match="does not exist"):
             vault.connect({**server.env, "HOME": home, "VAULT_CACERT": "/nonexistent/ca.pem"})
 
@@ -334,7 +335,7 @@ def test_read_only_token_is_refused_before_any_change(
     err = info.value
     assert err.path == f"{MOUNT}/data/{secret_path}"
     assert err.missing == ("create", "update")
-    assert f"'create', 'update' capability on {MOUNT}/data/{secret_path}" in str(err)
+    assert f"'create', 'update' capabilities on {MOUNT}/data/{secret_path}" in str(err)
     assert err.exit_code is ExitCode.CONFIG
 
     spy = Spy()
