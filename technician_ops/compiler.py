@@ -192,7 +192,7 @@ def _secret_vars(step: Step, ctx: CompileContext) -> dict[str, str]:
 def _with_no_log(task: dict[str, Any], secrets: set[str]) -> dict[str, Any]:
     if not secrets or "no_log" in task:
         return task
-    text = yaml.safe_dump(task, default_flow_style=True) if not isinstance(task, str) else task
+    text = dump_yaml(task)
     if any(_mentions(text, s) for s in secrets):
         return {**task, "no_log": True}
     return task

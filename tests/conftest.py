@@ -1,0 +1,50 @@
+"""Shared fixtures: a throwaway copy of the bundled project per test."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class DemoProject:
+    """The bundled runbooks with a local inventory whose hosts live under tmp."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.hosts_dir = root / "hosts"
+
+    def host_dir(self, host: str) -> Path:
+        return self.hosts_dir / host
+
+    def project(self, **overrides: object):  # type: ignore[no-untyped-def]
+        from technician_ops.project import load_project
+
+        return load_project(self.root, environ={}, **overrides)  # type: ignore[arg-type]
+
+    def write_runbook(self, name: str, text: str) -> Path:
+        path = self.root / "runbooks" / f"{name}.md"
+        path.write_text(text)
+        return path
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> DemoProject:
+    root = tmp_path / "proj"
+    root.mkdir()
+    for sub in ("runbooks", "playbooks"):
+        if (REPO / sub).exists():
+            shutil.copytree(REPO / sub, root / sub)
+    hosts = root / "hosts"
+    (root / "inventory").mkdir()
+    lines = ["all:", "  vars:", "    ansible_connection: local", f"    demo_root: {hosts}", "  children:"]
+    for group, names in (("web", ["web1", "web2"]), ("db", ["db1"])):
+        lines += [f"    {group}:", "      hosts:"]
+        for name in names:
+            (hosts / name).mkdir(parents=True)
+            lines.append(f"        {name}: {{state_dir: {hosts / name}}}")
+    (root / "inventory" / "hosts.yml").write_text("\n".join(lines) + "\n")
+    return DemoProject(root)
