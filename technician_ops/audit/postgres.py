@@ -71,15 +71,15 @@ class PostgresStore(AuditStore):
         return sql.replace("?", "%s")
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._conn.execute(self._sql(sql), tuple(params)).rowcount  # type: ignore[arg-type]
+        return self._conn.execute(self._sql(sql), tuple(params)).rowcount
 
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._conn.execute(self._sql(sql), tuple(params)).fetchall()  # type: ignore[arg-type]
+        return self._conn.execute(self._sql(sql), tuple(params)).fetchall()
 
     def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         with self._conn.cursor(name=f"audit_stream_{next(_cursor_ids)}") as cur:
             cur.itersize = 2000
-            cur.execute(self._sql(sql), tuple(params))  # type: ignore[arg-type]
+            cur.execute(self._sql(sql), tuple(params))
             yield from cur
 
     @contextmanager

@@ -377,7 +377,8 @@ class AuditStore(abc.ABC):
     def history(self, runbook: str | None = None, limit: int = 50, outcome: str | None = None,
                 since: _dt.datetime | None = None) -> list[dict[str, Any]]:
         """Newest first, from the summary columns only (index-ordered, no JSON parsing)."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if runbook:
             where.append("runbook = ?")
             params.append(runbook)

@@ -61,7 +61,7 @@ class Backend:
 
         assert self.url is not None
         with psycopg.connect(self.url, autocommit=True) as pconn:
-            cur = pconn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+            cur = pconn.execute(sql.replace("?", "%s"), params)
             return cur.fetchall() if cur.description else []
 
     def close(self) -> None:
