@@ -66,6 +66,14 @@ class PostgresStore(AuditStore):
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
             super()._init_schema()
 
+    def _chain_sql(self) -> str:
+        # Parse each body once (jsonb) and read the fields from it.
+        extracted = ", ".join(f"j ->> '{f}'" for f in ("seq", "run_id", "runbook", "outcome", "started_at",
+                                                        "ended_at", "check"))
+        return (f"SELECT seq, run_id, prev_hash, hash, record, runbook, outcome, started_at, ended_at, "
+                f"check_run, {extracted} FROM (SELECT *, record::jsonb AS j FROM runs "
+                "WHERE seq IS NOT NULL) AS chained ORDER BY seq")
+
     @staticmethod
     def _sql(sql: str) -> str:
         return sql.replace("?", "%s")

@@ -44,6 +44,13 @@ def test_edited_record_body(backend: Backend, store: AuditStore, chain: list[dic
     assert result.checked == 2
 
 
+def test_body_edited_into_invalid_json(backend: Backend, store: AuditStore, chain: list[dict]) -> None:
+    backend.raw("UPDATE runs SET record = 'not json {' WHERE seq = 4")
+    result = store.verify()
+    assert not result.ok and result.first_bad_seq == 4 and result.first_bad_run_id == chain[3]["run_id"]
+    assert "edited" in (result.reason or "")
+
+
 def test_edited_summary_column(backend: Backend, store: AuditStore, chain: list[dict]) -> None:
     backend.raw("UPDATE runs SET outcome = 'failed' WHERE seq = 2")
     result = store.verify()
