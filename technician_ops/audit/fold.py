@@ -1,0 +1,192 @@
+"""Fold a run's header and its event rows into the audit record.
+
+The store appends one small row per event (O(1) per event) and only builds
+the full record here: at ``finish``, at reap, and for ``show`` of a run that
+is still going.  Keeping the fold a pure function of (header, events) means
+the same record comes out whichever process finalizes the run.
+
+Record shape (schema 1), beside the header fields:
+
+- ``steps``: {name: {name, kind, targets, phase, status, order, started_at,
+  ended_at, duration, hosts: {host: {status, changed, duration, error}}}}.
+  ``order`` keeps execution order (canonical JSON sorts keys).
+- ``rollback``: None, or {planned: [names in undo order], steps: {...same
+  shape...}, outcome, failures, started_at, ended_at}.
+- ``approvals``, ``notices``: lists in event order.
+- ``artifacts``: {type: [items]} - ``backup``, ``secret_version`` and
+  ``terraform_plan`` always present; other types appear when used.
+- ``outcome``, ``exit_code``, ``ended_at``, ``duration``, ``failed_step``,
+  ``failed_hosts``, ``reason``, ``events`` (how many events were folded).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+from typing import Any, Iterable
+
+from technician_ops.events import Kind, Outcome
+
+RECORD_SCHEMA = 1
+ARTIFACT_TYPES = ("backup", "secret_version", "terraform_plan")
+FINAL_OUTCOMES = frozenset(o.value for o in Outcome if o is not Outcome.RUNNING)
+
+
+def iso_utc(value: float | _dt.datetime | str | None = None) -> str:
+    """One fixed-width UTC timestamp form, so stored times sort as text."""
+    if value is None:
+        dt = _dt.datetime.now(_dt.timezone.utc)
+    elif isinstance(value, (int, float)):
+        dt = _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+    elif isinstance(value, str):
+        dt = _parse_iso(value)
+    else:
+        dt = value
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=_dt.timezone.utc)
+    return dt.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_iso(value: str) -> _dt.datetime:
+    # Python 3.10's fromisoformat does not read a trailing "Z".
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    return _dt.datetime.fromisoformat(text)
+
+
+def new_record(header: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "schema": RECORD_SCHEMA,
+        "run_id": None,
+        "runbook": None,
+        "path": None,
+        "runbook_sha256": None,
+        "git": None,
+        "params": {},
+        "operator": {},
+        "origin": {},
+        "check": False,
+        "started_at": None,
+        "artifact_dir": None,
+    }
+    record.update(copy.deepcopy(header))
+    record.update({
+        "ended_at": None,
+        "duration": None,
+        "outcome": Outcome.RUNNING.value,
+        "exit_code": None,
+        "reason": None,
+        "failed_step": None,
+        "failed_hosts": [],
+        "approvals": [],
+        "steps": {},
+        "rollback": None,
+        "artifacts": {t: [] for t in ARTIFACT_TYPES},
+        "notices": [],
+        "events": 0,
+    })
+    return record
+
+
+def _ensure_rollback(record: dict[str, Any]) -> dict[str, Any]:
+    if record["rollback"] is None:
+        record["rollback"] = {"planned": [], "steps": {}, "outcome": None, "failures": [],
+                              "started_at": None, "ended_at": None}
+    rb: dict[str, Any] = record["rollback"]
+    return rb
+
+
+def _steps_for(record: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    if data.get("phase") == "rollback":
+        steps: dict[str, Any] = _ensure_rollback(record)["steps"]
+        return steps
+    main: dict[str, Any] = record["steps"]
+    return main
+
+
+def _step_entry(steps: dict[str, Any], data: dict[str, Any], ts: float) -> dict[str, Any]:
+    name = str(data.get("step"))
+    entry = steps.get(name)
+    if entry is None:
+        entry = {"name": name, "kind": data.get("kind"), "targets": data.get("hosts"),
+                 "phase": data.get("phase", "run"), "status": "running", "order": len(steps),
+                 "started_at": iso_utc(ts), "ended_at": None, "duration": None, "hosts": {}}
+        steps[name] = entry
+    return entry
+
+
+def apply_event(record: dict[str, Any], kind: str, data: dict[str, Any], ts: float) -> None:
+    """Apply one event to a record in place.  Unknown kinds are counted, not fatal."""
+    record["events"] += 1
+    if kind == Kind.STEP_START.value:
+        steps = _steps_for(record, data)
+        entry = _step_entry(steps, data, ts)
+        entry.update({"kind": data.get("kind", entry["kind"]), "targets": data.get("hosts", entry["targets"]),
+                      "status": "running", "started_at": iso_utc(ts)})
+    elif kind == Kind.HOST_RESULT.value:
+        entry = _step_entry(_steps_for(record, data), data, ts)
+        entry["hosts"][str(data.get("host"))] = {
+            "status": data.get("status"), "changed": bool(data.get("changed", False)),
+            "duration": data.get("duration"), "error": data.get("error")}
+    elif kind == Kind.STEP_END.value:
+        entry = _step_entry(_steps_for(record, data), data, ts)
+        entry["status"] = data.get("status", entry["status"])
+        entry["duration"] = data.get("duration")
+        entry["ended_at"] = iso_utc(ts)
+        for host, status in (data.get("hosts") or {}).items():
+            slot = entry["hosts"].setdefault(str(host), {"status": status, "changed": False,
+                                                         "duration": None, "error": None})
+            slot["status"] = status
+    elif kind == Kind.APPROVAL.value:
+        record["approvals"].append({**data, "at": iso_utc(ts)})
+    elif kind == Kind.ROLLBACK_START.value:
+        rb = _ensure_rollback(record)
+        rb["planned"] = list(data.get("steps") or [])
+        rb["started_at"] = iso_utc(ts)
+    elif kind == Kind.ROLLBACK_END.value:
+        rb = _ensure_rollback(record)
+        rb["outcome"] = data.get("outcome")
+        rb["failures"] = list(data.get("failures") or [])
+        rb["ended_at"] = iso_utc(ts)
+    elif kind == Kind.ARTIFACT.value:
+        item = {k: v for k, v in data.items() if k != "type"}
+        item["at"] = iso_utc(ts)
+        record["artifacts"].setdefault(str(data.get("type", "other")), []).append(item)
+    elif kind == Kind.NOTICE.value:
+        record["notices"].append({"level": data.get("level", "info"), "message": data.get("message"),
+                                  "at": iso_utc(ts)})
+    elif kind == Kind.RUN_END.value:
+        for key in ("outcome", "exit_code", "duration", "failed_step"):
+            if key in data:
+                record[key] = data[key]
+        if "failed_hosts" in data:
+            record["failed_hosts"] = list(data["failed_hosts"] or [])
+        record["ended_at"] = iso_utc(data["ended_at"]) if data.get("ended_at") else iso_utc(ts)
+    # RUN_START and TASK_START add nothing the header and step events lack.
+
+
+def fold(header: dict[str, Any], events: Iterable[tuple[str, dict[str, Any], float]]) -> dict[str, Any]:
+    """Build the record from the header and ``(kind, data, ts)`` events in order."""
+    record = new_record(header)
+    for kind, data, ts in events:
+        apply_event(record, kind, data, ts)
+    return record
+
+
+def finalize(record: dict[str, Any], outcome: str, ended_at: str | None, reason: str | None) -> dict[str, Any]:
+    """Set the final outcome and times.  The caller's outcome wins over RUN_END's."""
+    record["outcome"] = outcome
+    if ended_at is not None:
+        record["ended_at"] = iso_utc(ended_at)
+    elif record["ended_at"] is None:
+        record["ended_at"] = iso_utc()
+    if reason is not None:
+        record["reason"] = reason
+    if record.get("duration") is None and record.get("started_at"):
+        try:
+            delta = _parse_iso(record["ended_at"]) - _parse_iso(record["started_at"])
+            record["duration"] = round(max(delta.total_seconds(), 0.0), 6)
+        except ValueError:
+            pass
+    return record

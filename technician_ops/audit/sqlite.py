@@ -1,0 +1,130 @@
+"""The embedded default store: SQLite in WAL mode with synchronous=FULL.
+
+WAL + FULL makes every committed write durable before ``append`` returns (a
+crash loses nothing that was written) while keeping a commit to one WAL
+append + fsync, which is what the per-event budget needs.  The database and
+its ``-wal``/``-shm`` companions are private to the user: 0600 in a 0700
+directory, because records name hosts, operators and parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sqlite3
+import stat
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+from technician_ops.errors import AuditError
+
+from .store import AuditStore
+
+BUSY_TIMEOUT_S = 30.0
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def _private_dir(path: pathlib.Path) -> None:
+    if not path.exists():
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
+def _private_file(path: pathlib.Path) -> None:
+    """Create the file 0600 before SQLite does, so it is never briefly world-readable.
+
+    SQLite creates ``-wal`` and ``-shm`` with the database file's mode.
+    """
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+        os.close(fd)
+    except FileExistsError:
+        pass
+
+
+def _tighten(path: pathlib.Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        p = pathlib.Path(str(path) + suffix)
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(p, FILE_MODE)
+
+
+class SqliteStore(AuditStore):
+    """Audit store in one SQLite file.  Many processes may share it."""
+
+    def __init__(self, path: pathlib.Path, *, private_dir: bool = True) -> None:
+        super().__init__()
+        self.path = pathlib.Path(path)
+        self.location = str(self.path)
+        try:
+            if private_dir:
+                _private_dir(self.path.parent)
+            elif not self.path.parent.is_dir():
+                raise AuditError(f"cannot open audit store {self.path}: directory {self.path.parent} does not exist")
+            _private_file(self.path)
+            self._conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                         check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise AuditError(f"cannot open audit store {self.path}: {exc}",
+                             hint="check the path and its permissions, or set another audit URL") from exc
+        try:
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise AuditError(f"cannot put audit store {self.path} in WAL mode (got {mode!r})")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            self._init_schema()
+            _tighten(self.path)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise AuditError(f"cannot open audit store {self.path}: {exc}",
+                             hint="is it an SQLite database? restore it from a backup or export") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(sql, tuple(params)).rowcount
+
+    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        cur = self._conn.execute(sql, tuple(params))
+        cur.arraysize = 1000
+        try:
+            while batch := cur.fetchmany():
+                yield from batch
+        finally:
+            cur.close()
+
+    @contextmanager
+    def _write_tx(self) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front: two finishers serialize here
+        # instead of both reading the same chain head.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _read_tx(self) -> Iterator[None]:
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError)
+
+    def _close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,516 @@
+"""The audit store: one record per run, written as the run goes, hash chained.
+
+``AuditStore`` holds every rule (schema, append, fold, chain, verify, reap);
+the SQLite and PostgreSQL subclasses only supply a connection, transactions
+and the SQL dialect differences.  That is what "same schema, same tests"
+rests on: there is one implementation of the behaviour.
+
+Write path, and why it is shaped so:
+
+- ``start_run`` inserts the header row (outcome ``running``, not chained).
+- ``append`` inserts one ``events`` row per event: O(1), one transaction,
+  nothing rewritten, so a crash loses at most the event being written.
+- ``finish`` folds header + events into the record and chains it, under the
+  chain lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``SELECT ... FOR
+  UPDATE`` on the head row), so two processes finishing at once still
+  produce a contiguous chain.
+- A run whose process died (SIGKILL, power loss) stays ``running`` until the
+  next ``open_store`` on the same host sees its pid is gone and finalizes it
+  as ``interrupted`` (``reap_stale``).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime as _dt
+import enum
+import json
+import os
+import pathlib
+import socket
+import threading
+from contextlib import AbstractContextManager
+from typing import Any, Iterator, Sequence, TextIO
+
+from technician_ops.errors import AuditError, AuditTampered, NotFound
+from technician_ops.events import Event, Outcome
+
+from .chain import (GENESIS, ChainBreak, ChainRow, ChainWalker, VerifyResult, canonical_json,
+                    chain_hash, explain_link, finish_walk)
+from .fold import FINAL_OUTCOMES, finalize, fold, iso_utc
+
+SCHEMA_VERSION = 1
+
+# Portable DDL: TEXT bodies (never jsonb: the hashed bytes must survive
+# untouched), fixed-width UTC text timestamps that sort correctly.
+SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        runbook TEXT NOT NULL,
+        path TEXT,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        outcome TEXT NOT NULL,
+        check_run INTEGER NOT NULL,
+        user_name TEXT,
+        origin_type TEXT,
+        writer_host TEXT NOT NULL,
+        writer_pid INTEGER NOT NULL,
+        writer_start TEXT,
+        header TEXT NOT NULL,
+        seq BIGINT UNIQUE,
+        prev_hash TEXT,
+        hash TEXT,
+        record TEXT)""",
+    "CREATE INDEX IF NOT EXISTS runs_runbook_started ON runs (runbook, started_at, run_id)",
+    "CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at, run_id)",
+    "CREATE INDEX IF NOT EXISTS runs_running ON runs (writer_host) WHERE outcome = 'running'",
+    """CREATE TABLE IF NOT EXISTS events (
+        run_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (run_id, n))""",
+    """CREATE TABLE IF NOT EXISTS chain_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq BIGINT NOT NULL,
+        hash TEXT NOT NULL,
+        run_id TEXT)""",
+)
+
+_SUMMARY_COLS = "run_id, runbook, outcome, started_at, ended_at, user_name, origin_type, check_run, seq"
+_CHAIN_COLS = "seq, run_id, prev_hash, hash, record, runbook, outcome, started_at, ended_at, check_run"
+# The body fields verify compares with the row (order matters: see _chain_row).
+_BODY_FIELDS = ("seq", "run_id", "runbook", "outcome", "started_at", "ended_at", "check")
+_RUN_ID_CHARS = frozenset("0123456789abcdef-")
+
+
+def _json_default(value: Any) -> Any:
+    """Make event data storable: paths, times, enums and sets become plain JSON."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (pathlib.PurePath,)):
+        return str(value)
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
+# --- process liveness, for reaping -------------------------------------------------
+
+_PROC = pathlib.Path("/proc")
+
+
+def _boot_id() -> str:
+    try:
+        return (_PROC / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_identity(pid: int) -> str | None:
+    """``boot_id:starttime`` of a live process, None if it is gone (or a zombie).
+
+    Comparing the identity, not just the pid, keeps a recycled pid (or a
+    reboot) from making a dead run look alive.  None off Linux as well.
+    """
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    return f"{_boot_id()}:{fields[19]}"
+
+
+def pid_alive(pid: int, identity: str | None) -> bool:
+    if _PROC.joinpath("self").exists():
+        current = process_identity(pid)
+        return current is not None and (identity is None or current == identity)
+    try:  # no /proc: the best portable check
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+class AuditStore(abc.ABC):
+    """Abstract base: all behaviour.  Subclasses: ``SqliteStore``, ``PostgresStore``.
+
+    Thread safe (one lock around the connection) so events from
+    ansible-runner callback threads can be appended directly.
+    """
+
+    #: Where this store lives, for messages (never contains a password).
+    location: str = ""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._next_n: dict[str, int] = {}
+        self._host = this_host()
+
+    # --- backend hooks ---------------------------------------------------------------
+    @abc.abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; return rows affected.  Outside a transaction it commits."""
+
+    @abc.abstractmethod
+    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    @abc.abstractmethod
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Iterate a large result without loading it; only inside ``_read_tx``."""
+
+    @abc.abstractmethod
+    def _write_tx(self) -> AbstractContextManager[None]:
+        """A transaction that serializes with every other finalization."""
+
+    @abc.abstractmethod
+    def _read_tx(self) -> AbstractContextManager[None]:
+        """A read-only snapshot (so verify/export see one consistent chain)."""
+
+    @abc.abstractmethod
+    def _is_unique_violation(self, exc: BaseException) -> bool: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...
+
+    _head_lock_suffix = ""  # PostgreSQL: " FOR UPDATE"
+
+    # --- schema ----------------------------------------------------------------------
+    def _init_schema(self) -> None:
+        with self._write_tx():
+            for ddl in SCHEMA:
+                self._execute(ddl)
+            rows = self._fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
+            if rows and int(rows[0][0]) > SCHEMA_VERSION:
+                raise AuditError(
+                    f"audit store {self.location} has schema version {rows[0][0]}, newer than this "
+                    f"technician-ops understands ({SCHEMA_VERSION})", hint="upgrade technician-ops")
+            if not rows:
+                self._execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if not self._fetchall("SELECT 1 FROM chain_head WHERE id = 1"):
+                # Only on a fresh store: a missing head in a used store is tampering
+                # and verify must keep reporting it.
+                if not self._fetchall("SELECT 1 FROM runs WHERE seq IS NOT NULL LIMIT 1"):
+                    self._execute("INSERT INTO chain_head (id, seq, hash, run_id) VALUES (1, 0, ?, NULL)",
+                                  (GENESIS,))
+
+    # --- writing ---------------------------------------------------------------------
+    def start_run(self, header: dict[str, Any]) -> None:
+        """Record that a run started.  ``started_at`` is normalised to UTC ``...Z``."""
+        for key in ("run_id", "runbook", "started_at"):
+            if not header.get(key):
+                raise AuditError(f"audit header is missing {key!r}")
+        header = dict(header)
+        header["run_id"] = str(header["run_id"]).lower()
+        header["started_at"] = iso_utc(header["started_at"])
+        header["check"] = bool(header.get("check", False))
+        operator = header.get("operator") or {}
+        origin = header.get("origin") or {}
+        pid = os.getpid()  # the process whose death interrupts the run is the writer
+        row = (header["run_id"], str(header["runbook"]), str(header.get("path") or ""), header["started_at"],
+               Outcome.RUNNING.value, int(header["check"]), operator.get("user"), origin.get("type"),
+               self._host, pid, process_identity(pid), _dumps(header))
+        with self._lock:
+            try:
+                self._execute(
+                    "INSERT INTO runs (run_id, runbook, path, started_at, outcome, check_run, user_name, "
+                    "origin_type, writer_host, writer_pid, writer_start, header) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            except Exception as exc:
+                if self._is_unique_violation(exc):
+                    raise AuditError(f"run {header['run_id']} is already recorded in {self.location}") from None
+                raise self._wrap(exc, "record the start of a run") from exc
+            self._next_n[header["run_id"]] = 0
+
+    def append(self, run_id: str, event: Event) -> None:
+        """Add one event to a running run: one INSERT, one transaction."""
+        kind = event.kind.value if isinstance(event.kind, enum.Enum) else str(event.kind)
+        data = _dumps(event.data)
+        with self._lock:
+            for attempt in (0, 1):
+                n = self._next_n.get(run_id)
+                if n is None:
+                    n = self._load_next_n(run_id)
+                try:
+                    self._execute("INSERT INTO events (run_id, n, kind, ts, data) VALUES (?, ?, ?, ?, ?)",
+                                  (run_id, n, kind, float(event.ts), data))
+                except Exception as exc:
+                    if attempt == 0 and self._is_unique_violation(exc):
+                        self._next_n.pop(run_id, None)  # someone else appended: re-read
+                        continue
+                    raise self._wrap(exc, f"append an event to run {run_id}") from exc
+                self._next_n[run_id] = n + 1
+                return
+
+    def _load_next_n(self, run_id: str) -> int:
+        rows = self._fetchall("SELECT outcome FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise AuditError(f"cannot append to run {run_id}: no such run in {self.location}")
+        if rows[0][0] != Outcome.RUNNING.value:
+            raise AuditError(f"cannot append to run {run_id}: it is already finished ({rows[0][0]})")
+        last = self._fetchall("SELECT MAX(n) FROM events WHERE run_id = ?", (run_id,))[0][0]
+        return 0 if last is None else int(last) + 1
+
+    def finish(self, run_id: str, outcome: str, ended_at: str | None = None) -> dict[str, Any]:
+        """Fold, chain and return the final record.  Idempotent: a finished run is returned as is."""
+        return self._finalize(run_id, _outcome(outcome), ended_at, None)
+
+    def record_skipped(self, header: dict[str, Any], reason: str, outcome: str = "skipped") -> dict[str, Any]:
+        """A run that never started (lock held -> ``skipped``; invalid/refused -> ``refused``)."""
+        outcome = _outcome(outcome)
+        if outcome not in (Outcome.SKIPPED.value, Outcome.REFUSED.value):
+            raise AuditError(f"record_skipped outcome must be 'skipped' or 'refused', not {outcome!r}")
+        self.start_run(header)
+        return self._finalize(str(header["run_id"]).lower(), outcome, header["started_at"], reason)
+
+    def _finalize(self, run_id: str, outcome: str | None, ended_at: str | None, reason: str | None,
+                  reaped: bool = False) -> dict[str, Any]:
+        with self._lock:
+            try:
+                with self._write_tx():
+                    head = self._fetchall("SELECT seq, hash FROM chain_head WHERE id = 1" + self._head_lock_suffix)
+                    rows = self._fetchall("SELECT header, seq, record, prev_hash, hash, outcome FROM runs "
+                                          "WHERE run_id = ?", (run_id,))
+                    if not rows:
+                        raise NotFound(f"no run {run_id} in the audit store {self.location}")
+                    header_text, seq, body_text, prev_hash, digest, current = rows[0]
+                    if seq is not None:
+                        return _with_links(body_text, prev_hash, digest)
+                    if reaped and current != Outcome.RUNNING.value:
+                        return _with_links(body_text, prev_hash, digest) if body_text else {}
+                    if not head:
+                        raise AuditTampered(f"audit store {self.location} has no chain head row: it was "
+                                            "tampered with; run 'technician-ops audit verify'")
+                    record = fold(json.loads(header_text), self._events(run_id))
+                    if reaped:
+                        ran_to_end = record["outcome"] in FINAL_OUTCOMES
+                        outcome = record["outcome"] if ran_to_end else Outcome.INTERRUPTED.value
+                        record["reaped"] = {"at": iso_utc(), "by_host": self._host, "by_pid": os.getpid()}
+                    assert outcome is not None
+                    finalize(record, outcome, ended_at, reason)
+                    new_seq = int(head[0][0]) + 1
+                    record["seq"] = new_seq
+                    body = canonical_json(record)
+                    new_hash = chain_hash(head[0][1], body)
+                    self._execute("UPDATE runs SET outcome = ?, ended_at = ?, seq = ?, prev_hash = ?, hash = ?, "
+                                  "record = ? WHERE run_id = ?",
+                                  (record["outcome"], record["ended_at"], new_seq, head[0][1], new_hash, body, run_id))
+                    self._execute("UPDATE chain_head SET seq = ?, hash = ?, run_id = ? WHERE id = 1",
+                                  (new_seq, new_hash, run_id))
+            except (NotFound, AuditError, AuditTampered):
+                raise
+            except Exception as exc:
+                raise self._wrap(exc, f"finish run {run_id}") from exc
+            self._next_n.pop(run_id, None)
+        return {**record, "prev_hash": head[0][1], "hash": new_hash}
+
+    def _events(self, run_id: str) -> list[tuple[str, dict[str, Any], float]]:
+        return [(kind, json.loads(data), float(ts)) for kind, data, ts in
+                self._fetchall("SELECT kind, data, ts FROM events WHERE run_id = ? ORDER BY n", (run_id,))]
+
+    def reap_stale(self) -> list[str]:
+        """Finalize runs left ``running`` by a dead writer on this host; return their ids.
+
+        Runs written from other hosts are never touched: only that host can
+        tell whether its process is gone.
+        """
+        with self._lock:
+            rows = self._fetchall("SELECT run_id, writer_pid, writer_start FROM runs "
+                                  "WHERE outcome = 'running' AND writer_host = ?", (self._host,))
+        reaped = []
+        for run_id, pid, identity in rows:
+            if pid_alive(int(pid), identity):
+                continue
+            reason = f"writer process {pid} on {self._host} died without finishing the record"
+            rec = self._finalize(run_id, None, None, reason, reaped=True)
+            if rec:
+                reaped.append(run_id)
+        return reaped
+
+    # --- reading ---------------------------------------------------------------------
+    def get(self, run_id_or_unique_prefix: str) -> dict[str, Any]:
+        """The full record of one run (folded live if it is still running)."""
+        key = (run_id_or_unique_prefix or "").strip().lower()
+        if not key or not set(key) <= _RUN_ID_CHARS:
+            raise NotFound(f"{run_id_or_unique_prefix!r} is not a run id")
+        cols = "run_id, header, seq, record, prev_hash, hash"
+        with self._lock:
+            rows = self._fetchall(f"SELECT {cols} FROM runs WHERE run_id = ?", (key,))
+            if not rows:
+                # '~' sorts after every hex digit and '-': a range scan on the primary key.
+                rows = self._fetchall(f"SELECT {cols} FROM runs WHERE run_id >= ? AND run_id < ? "
+                                      "ORDER BY run_id LIMIT 2", (key, key + "~"))
+            if not rows:
+                raise NotFound(f"no run {run_id_or_unique_prefix!r} in the audit store",
+                               hint="'technician-ops history' lists recent runs")
+            if len(rows) > 1:
+                raise NotFound(f"run id prefix {run_id_or_unique_prefix!r} is ambiguous",
+                               hint="type more characters of the run id")
+            run_id, header_text, seq, body_text, prev_hash, digest = rows[0]
+            if seq is not None:
+                return _with_links(body_text, prev_hash, digest)
+            record = fold(json.loads(header_text), self._events(run_id))
+            if body_text is None:
+                record.update({"seq": None, "prev_hash": None, "hash": None})
+            return record
+
+    def history(self, runbook: str | None = None, limit: int = 50, outcome: str | None = None,
+                since: _dt.datetime | None = None) -> list[dict[str, Any]]:
+        """Newest first, from the summary columns only (index-ordered, no JSON parsing)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if runbook:
+            where.append("runbook = ?")
+            params.append(runbook)
+        if outcome:
+            where.append("outcome = ?")
+            params.append(_outcome(outcome, allow_running=True))
+        if since is not None:
+            where.append("started_at >= ?")
+            params.append(iso_utc(since))
+        sql = f"SELECT {_SUMMARY_COLS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC, run_id DESC LIMIT ?"
+        params.append(max(int(limit), 0))
+        with self._lock:
+            rows = self._fetchall(sql, params)
+        return [{"run_id": r[0], "runbook": r[1], "outcome": r[2], "started_at": r[3], "ended_at": r[4],
+                 "user": r[5], "origin": r[6], "check": bool(r[7]), "seq": r[8]} for r in rows]
+
+    def verify(self) -> "VerifyResult":
+        """Walk the whole chain once; report the first edited/deleted/inserted/reordered record."""
+        with self._lock:
+            try:
+                return self._verify(fast=True)
+            except (AuditError, AuditTampered):
+                raise
+            except Exception:
+                # The database's JSON code refused a body (it was edited into
+                # invalid JSON): walk again, parsing in Python, to name the record.
+                return self._verify(fast=False)
+
+    def _verify(self, fast: bool) -> "VerifyResult":
+        with self._read_tx():
+            head_rows = self._fetchall("SELECT seq, hash, run_id FROM chain_head WHERE id = 1")
+            head = (int(head_rows[0][0]), head_rows[0][1], head_rows[0][2]) if head_rows else None
+            walker = ChainWalker(head[0] if head else None)
+            brk: ChainBreak | None = None
+            sql = self._chain_sql() if fast else f"SELECT {_CHAIN_COLS} FROM runs WHERE seq IS NOT NULL ORDER BY seq"
+            for r in self._stream(sql):
+                try:
+                    walker.feed(_chain_row(r))
+                except ChainBreak as exc:
+                    brk = exc
+                    break
+            if brk is not None:
+                seq, run_id, reason = brk.seq, brk.run_id, brk.reason
+                if brk.link_broken:
+                    found = self._fetchall("SELECT seq, run_id FROM runs WHERE hash = ? AND seq IS NOT NULL",
+                                           (brk.wanted_prev,))
+                    seq, run_id, reason = explain_link(brk, int(found[0][0]) if found else None,
+                                                       found[0][1] if found else None, walker.prev_run_id)
+                return VerifyResult(False, walker.checked, run_id, seq, reason)
+            stray = self._fetchall("SELECT run_id FROM runs WHERE seq IS NULL AND outcome <> 'running' "
+                                   "ORDER BY run_id LIMIT 1")
+            if stray:
+                return VerifyResult(False, walker.checked, stray[0][0], None,
+                                    "a finished record is outside the chain (its seq was removed)")
+            return finish_walk(walker, head)
+
+    def _chain_sql(self) -> str:
+        """Chain rows plus the body's summary fields, extracted by the database's JSON code."""
+        # One json_extract with several paths parses the body once and returns a small JSON array.
+        paths = ", ".join(f"'$.{f}'" for f in _BODY_FIELDS)
+        return f"SELECT {_CHAIN_COLS}, json_extract(record, {paths}) FROM runs WHERE seq IS NOT NULL ORDER BY seq"
+
+    def export_jsonl(self, fp: TextIO) -> int:
+        """Write finalized records in chain order, one canonical JSON object per line."""
+        count = 0
+        with self._lock, self._read_tx():
+            for body_text, prev_hash, digest in self._stream(
+                    "SELECT record, prev_hash, hash FROM runs WHERE seq IS NOT NULL ORDER BY seq"):
+                fp.write(canonical_json(_with_links(body_text, prev_hash, digest)))
+                fp.write("\n")
+                count += 1
+        return count
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def __enter__(self) -> "AuditStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _wrap(self, exc: BaseException, doing: str) -> AuditError:
+        return AuditError(f"audit store {self.location}: cannot {doing}: {exc}")
+
+
+def _as_bool(value: Any) -> Any:
+    # SQLite's json_extract gives 1/0 for true/false, PostgreSQL's ->> gives 'true'/'false'.
+    if value in (1, "true") and value is not True:
+        return True
+    if value in (0, "false") and value is not False:
+        return False
+    return value
+
+
+def _chain_row(r: Sequence[Any]) -> ChainRow:
+    columns = {"runbook": r[5], "outcome": r[6], "started_at": r[7], "ended_at": r[8], "check": bool(r[9])}
+    if len(r) == 10:  # slow path: the walker parses the body itself
+        return ChainRow(int(r[0]), r[1], r[2] or "", r[3] or "", r[4] or "", columns)
+    if len(r) == 11:  # SQLite: the body fields arrive as one JSON array
+        try:
+            extracted = json.loads(r[10]) if r[10] is not None else None
+        except ValueError:
+            extracted = None
+        if not isinstance(extracted, list) or len(extracted) != len(_BODY_FIELDS):
+            extracted = [None] * len(_BODY_FIELDS)
+        r = [*r[:10], *extracted]
+    seq_text = r[10]
+    try:
+        body_seq: Any = int(seq_text) if seq_text is not None else None
+    except (TypeError, ValueError):
+        body_seq = seq_text
+    fields = {"seq": body_seq, "run_id": r[11], "runbook": r[12], "outcome": r[13], "started_at": r[14],
+              "ended_at": r[15], "check": _as_bool(r[16])}
+    return ChainRow(int(r[0]), r[1], r[2] or "", r[3] or "", r[4] or "", columns, fields)
+
+
+def _with_links(body_text: str, prev_hash: str, digest: str) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(body_text)
+    record["prev_hash"] = prev_hash
+    record["hash"] = digest
+    return record
+
+
+def _outcome(value: str | Outcome, allow_running: bool = False) -> str:
+    text = value.value if isinstance(value, Outcome) else str(value)
+    if text in FINAL_OUTCOMES or (allow_running and text == Outcome.RUNNING.value):
+        return text
+    raise AuditError(f"unknown run outcome {text!r}; expected one of {', '.join(sorted(FINAL_OUTCOMES))}")
