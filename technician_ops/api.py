@@ -234,14 +234,14 @@ def run(request: RunRequest, project: Project, sinks: list[Sink], *, audit: Any 
         approvals.precheck()
     except (ParameterError, ApprovalMissing) as exc:
         if audit is not None:
-            audit.record_skipped(header, f"refused: {exc.message}")
+            audit.record_skipped(header, f"refused: {exc.message}", outcome="refused")
         raise
     lock = RunLock(project.state_dir / "locks", runbook.lock)
     try:
         lock.acquire(request.wait_lock)
     except TechnicianOpsError as exc:
         if audit is not None:
-            audit.record_skipped(header, f"locked: {exc.message}")
+            audit.record_skipped(header, f"locked: {exc.message}", outcome="skipped")
         raise
     try:
         return _run_locked(plan, project, request, bus, header, approvals, audit, cancelled, started)
@@ -262,7 +262,8 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
     _check_targets(plan, inventory)
     if not request.skip_preflight and inventory is not None:
         _preflight(plan, inventory)
-    pdd = ensure_private_dir(project.state_dir / "runs" / run_id)
+    ensure_private_dir(project.state_dir)
+    pdd = ensure_private_dir(ensure_private_dir(project.state_dir / "runs") / run_id)
     files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [])
     header["artifact_dir"] = str(pdd)
     if audit is not None:

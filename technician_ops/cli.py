@@ -18,7 +18,9 @@ from typing import Any
 import click
 
 from .errors import ExitCode, TechnicianOpsError
+from .events import Outcome
 
+OUTCOMES = [o.value for o in Outcome]
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -216,6 +218,78 @@ def _show_run(ctx: click.Context, run_id: str) -> None:
     store = _open_store(project)
     try:
         click.echo(record_text(store.get(run_id)))
+    finally:
+        store.close()
+
+
+@cli.command("history")
+@click.argument("runbook", required=False)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--outcome", type=click.Choice(OUTCOMES))
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), help="Runs started at or after (UTC).")
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.pass_context
+def history_cmd(ctx: click.Context, runbook: str | None, limit: int, outcome: str | None, since: Any, audit_url: str | None) -> None:
+    """Recent runs, newest first."""
+    import datetime as dt
+
+    project = _project(ctx, audit_url=audit_url)
+    store = _open_store(project)
+    try:
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=dt.timezone.utc)
+        rows = store.history(runbook, limit=limit, outcome=outcome, since=since)
+    finally:
+        store.close()
+    if not rows:
+        click.echo("no runs recorded")
+        return
+    for r in rows:
+        check = " (check)" if r.get("check") else ""
+        click.echo(f"{r['run_id']}  {str(r.get('started_at'))[:19]}  {r['runbook']:<28} {str(r.get('outcome')):<16} "
+                   f"{r.get('user')}/{r.get('origin')}{check}")
+
+
+@cli.group("audit")
+def audit_group() -> None:
+    """Verify or export the tamper-evident audit log."""
+
+
+@audit_group.command("verify")
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.pass_context
+def audit_verify_cmd(ctx: click.Context, audit_url: str | None) -> None:
+    """Check the hash chain; report the first edited, deleted, inserted or reordered record."""
+    from .errors import AuditTampered
+
+    project = _project(ctx.find_root(), audit_url=audit_url)
+    store = _open_store(project)
+    try:
+        result = store.verify()
+    finally:
+        store.close()
+    if not result.ok:
+        raise AuditTampered(f"audit log is NOT intact: record seq {result.first_bad_seq} (run {result.first_bad_run_id}): "
+                            f"{result.reason}; {result.checked} record(s) checked")
+    click.echo(f"audit log intact: {result.checked} record(s) verified")
+
+
+@audit_group.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.pass_context
+def audit_export_cmd(ctx: click.Context, fmt: str, out: str | None, audit_url: str | None) -> None:
+    """Every finished record in chain order, one canonical JSON object per line."""
+    project = _project(ctx.find_root(), audit_url=audit_url)
+    store = _open_store(project)
+    try:
+        if out:
+            with open(out, "w", encoding="utf-8") as fh:
+                count = store.export_jsonl(fh)
+            click.echo(f"{count} record(s) written to {out}", err=True)
+        else:
+            store.export_jsonl(sys.stdout)
     finally:
         store.close()
 

@@ -56,7 +56,7 @@ class Kind(str, enum.Enum):
     APPROVAL = "approval"  # step, approved, by, user
     ROLLBACK_START = "rollback_start"  # steps: [names, in undo order]
     ROLLBACK_END = "rollback_end"  # outcome, failures: [{step, host, error}]
-    ARTIFACT = "artifact"  # type: backup|secret_version|terraform_plan|..., plus its data (never a secret value)
+    ARTIFACT = "artifact"  # artifact type (backup, secret_version, terraform_plan, ...) plus its data; never a secret value
     NOTICE = "notice"  # level, message
     RUN_END = "run_end"  # outcome, exit_code, ended_at, duration, failed_step, failed_hosts
 

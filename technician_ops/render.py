@@ -66,12 +66,14 @@ def record_text(record: dict[str, Any]) -> str:
         lines.append(f"    {step.get('name')}: {step.get('status')} ({step.get('duration', 0)}s)")
         for host, h in (step.get("hosts") or {}).items():
             err = f" — {h.get('error')}" if h.get("error") else ""
-            lines.append(f"      {host}: {h.get('status')}{' changed' if h.get('changed') else ''}{err}")
+            lines.append(f"      {host}: {h.get('status')} {h.get('duration', 0)}s{err}")
     rollback = record.get("rollback") or {}
     if rollback:
-        lines.append(f"  rollback: {rollback.get('outcome')} steps {', '.join(rollback.get('steps') or []) or '-'}")
-        for step in _iter_steps(rollback.get("steps_detail") or rollback.get("step_results") or {}):
+        lines.append(f"  rollback: {rollback.get('outcome')} (undo order: {', '.join(rollback.get('planned') or []) or '-'})")
+        for step in _iter_steps(rollback.get("steps") or {}):
             lines.append(f"    undo {step.get('name')}: {step.get('status')}")
+            for host, h in (step.get("hosts") or {}).items():
+                lines.append(f"      {host}: {h.get('status')}" + (f" — {h.get('error')}" if h.get("error") else ""))
         for f in rollback.get("failures") or []:
             lines.append(f"    FAILED undo {f.get('step')} on {f.get('host')}: {f.get('error')}")
     for kind, items in (record.get("artifacts") or {}).items():
@@ -86,5 +88,6 @@ def record_text(record: dict[str, Any]) -> str:
 
 def _iter_steps(steps: Any) -> list[dict[str, Any]]:
     if isinstance(steps, dict):
-        return [{"name": k, **v} for k, v in steps.items()]
+        items = [{"name": k, **v} for k, v in steps.items()]
+        return sorted(items, key=lambda s: s.get("order", 0))
     return list(steps or [])
