@@ -534,6 +534,9 @@ class Testbed:
         _run(["ip", "link", "set", h.veth, "up"])
         h.link_down = False
         self._save()
+        # The bridge port forwards a moment after the link comes up; return
+        # only once the host answers (a refusal is an answer too).
+        _wait_for(lambda: _tcp_state(h.address, 22, timeout=0.2) != "silent", f"{h.name} to answer again")
 
     def slow(self, host: Host | str, ms: int) -> None:
         """Delay every byte to and from the host's sshd by ``ms`` ms in each
