@@ -51,7 +51,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -177,7 +177,7 @@ def _tcp_state(address: str, port: int, timeout: float = 0.5) -> str:
         return "silent"
 
 
-def _wait_for(predicate, what: str, timeout: float = READY_TIMEOUT) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.testbed import REPO_ROOT, RUN_ROOT, Testbed, TestbedError
+from testbed.testbed import REPO_ROOT, RUN_ROOT, Host, Testbed, TestbedError
 
 pytestmark = [pytest.mark.testbed, pytest.mark.integration]
 
@@ -137,7 +137,7 @@ def test_fault_on_unknown_host_names_the_hosts(testbed: Testbed) -> None:
 class _FailingBed(Testbed):
     """Fails while starting the second host, after the first one runs."""
 
-    def start_sshd(self, host):  # type: ignore[no-untyped-def]
+    def start_sshd(self, host: Host | str) -> None:
         if self.host(host).name == "db1":
             raise TestbedError("injected failure")
         super().start_sshd(host)
