@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -30,16 +31,36 @@ def _tcp(address: str, timeout: float = 0.5) -> str:
         return "silent"
 
 
-def _leftovers(prefix: str) -> list[str]:
-    """Namespaces, links and processes of a bed with this prefix still on the machine."""
+def _netns_inodes(prefix: str) -> set[int]:
+    """Kernel ids of the bed's network namespaces, to find processes still in them later."""
+    return {p.stat().st_ino for p in Path("/run/netns").glob(f"{prefix}-*")}
+
+
+def _processes_in(inodes: set[int]) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ns = os.readlink(proc / "ns" / "net")
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if int(ns[ns.index("[") + 1 : -1]) in inodes and cmd:  # zombies have no command line
+            found.append(f"{proc.name} {cmd}")
+    return found
+
+
+def _leftovers(prefix: str, inodes: Iterable[int] = ()) -> list[str]:
+    """Namespaces, links, processes and mount points of a bed with this prefix still on the machine."""
     found = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
              if n.startswith(f"{prefix}-")]
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     found += [line.split(":")[1].strip() for line in links.splitlines() if f" {prefix}-" in line]
-    procs = subprocess.run(["pgrep", "-af", f"{RUN_ROOT}/{prefix}-|relay.py"], capture_output=True, text=True)
-    found += [p for p in procs.stdout.splitlines() if f"{prefix}-" in p or "relay.py" in p and prefix in p]
-    if any(RUN_ROOT.glob(f"{prefix}-*")):
-        found.append(f"{RUN_ROOT}/{prefix}-*")
+    procs = subprocess.run(["pgrep", "-af", f"{RUN_ROOT}/{prefix}-"], capture_output=True, text=True)
+    found += procs.stdout.splitlines()
+    found += _processes_in(set(inodes))
+    found += [str(p) for p in RUN_ROOT.glob(f"{prefix}-*")]
     return found
 
 
@@ -178,9 +199,13 @@ def test_cli_up_fault_down_leaves_nothing(tmp_path: Path) -> None:
         assert cli("fault", "--dir", str(state), "web1", "link-down").returncode == 0
         bad = cli("fault", "--dir", str(state), "web1", "slow")
         assert bad.returncode == 1 and "needs MS" in bad.stderr
+        inodes = _netns_inodes("tbc")
+        assert len(inodes) == 2
+        assert any("relay.py" in p for p in _processes_in(inodes))  # the check can see what it looks for
+        assert any("sshd" in p for p in _processes_in(inodes))
         down = cli("down", "--dir", str(state))
         assert down.returncode == 0, down.stderr
-        assert _leftovers("tbc") == []
+        assert _leftovers("tbc", inodes) == []
         assert not state.exists()
         assert session.wait(timeout=10) != 0  # its sshd died with the host
         again = cli("down", "--dir", str(state))  # idempotent
