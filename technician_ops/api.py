@@ -399,15 +399,17 @@ def _check_targets(plan: Plan, inventory: Any) -> None:
 
 
 def _preflight(plan: Plan, inventory: Any) -> None:
-    try:
-        from . import preflight
-    except ImportError:
-        return
+    """Every SSH target answers and authenticates before anything changes."""
+    from . import preflight
+
     names: list[str] = []
     for ps in plan.steps:
         if not ps.kind.controller and ps.kind.name != "playbook":
             names.extend(h for h in inventory.hosts(ps.hosts) if h not in names)
-    preflight.ensure_reachable(preflight.hosts_from_inventory_object(inventory, names))
+    if names:
+        specs = preflight.hosts_from_inventory(list(inventory.paths), ":".join(names))
+        if specs:
+            preflight.ensure_reachable(specs)
 
 
 def _redacted_params(plan: Plan) -> dict[str, Any]:

@@ -1,13 +1,24 @@
-"""Shared fixtures: a throwaway copy of the bundled project per test."""
+"""Shared fixtures.
+
+Session-scoped service fixtures live in tests/support/ and are registered here
+once as plugins (a session fixture imported into two modules would be two
+fixtures, and two test beds).  The repo root goes on sys.path so that
+``tests.support`` and ``testbed`` import with or without PYTHONPATH.
+"""
 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+pytest_plugins = ["tests.support.testbed"]
 
 
 class DemoProject:

@@ -1,0 +1,67 @@
+"""pytest fixtures for the SSH test bed (testbed/testbed.py).
+
+``testbed`` brings the bed up once per session and always removes it, even when
+tests fail.  It uses its own prefix (``tbt``), subnet (``10.203.1.0/24``) and a
+temporary state dir, so a bed a developer started with ``testbed/up`` is left
+alone.  ``testbed_faults`` is the same bed for a test that breaks hosts: every
+fault is healed after the test.
+
+Environment: ``TOPS_TEST_TESTBED_HOSTS`` (default 3),
+``TOPS_TEST_TESTBED_SUBNET`` and ``TOPS_TEST_TESTBED_PREFIX``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from testbed.testbed import Testbed, TestbedError
+
+TEST_PREFIX = os.environ.get("TOPS_TEST_TESTBED_PREFIX", "tbt")
+TEST_SUBNET = os.environ.get("TOPS_TEST_TESTBED_SUBNET", "10.203.1.0/24")
+
+
+def testbed_unavailable() -> str | None:
+    """Why this machine cannot run the bed, or None."""
+    if os.geteuid() != 0:
+        return "the SSH test bed needs root (network namespaces, bind mounts)"
+    for tool in ("ip", "unshare"):
+        if shutil.which(tool) is None:
+            return f"the SSH test bed needs `{tool}` (apt-get install -y iproute2 util-linux)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    reason = testbed_unavailable()
+    if reason:
+        pytest.skip(reason)
+    bed = Testbed(
+        tmp_path_factory.mktemp("testbed"),
+        hosts=int(os.environ.get("TOPS_TEST_TESTBED_HOSTS", "3")),
+        prefix=TEST_PREFIX,
+        subnet=TEST_SUBNET,
+    )
+    bed.down(sweep=True)  # leftovers of a test session that was killed
+    try:
+        bed.up()
+    except TestbedError as exc:
+        if "apt-get" in str(exc):  # sshd absent and not installable here
+            pytest.skip(f"SSH test bed unavailable: {exc}")
+        raise
+    try:
+        yield bed
+    finally:
+        bed.down(sweep=True)
+
+
+@pytest.fixture
+def testbed_faults(testbed: Testbed) -> Iterator[Testbed]:
+    """The session bed, healed after the test whatever it broke."""
+    try:
+        yield testbed
+    finally:
+        testbed.heal()
