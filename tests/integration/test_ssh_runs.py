@@ -1,0 +1,141 @@
+"""Runs over the SSH test bed: real sshd hosts in their own network namespaces."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from technician_ops.api import RunRequest, run
+from technician_ops.errors import DependencyUnavailable
+from technician_ops.events import Outcome
+from technician_ops.project import load_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.testbed]
+
+MARKER = "/srv/technician-ops-test"
+
+WRITE_ALL = f"""---
+hosts: all
+---
+
+```yaml {{name=write}}
+- ansible.builtin.file: {{path: {MARKER}, state: directory, mode: "0755"}}
+- ansible.builtin.copy: {{dest: {MARKER}/owner, content: "{{{{ inventory_hostname }}}}\\n"}}
+```
+
+```yaml {{rollback=write}}
+- ansible.builtin.file: {{path: {MARKER}, state: absent}}
+```
+"""
+
+
+@pytest.fixture
+def ssh_project(tmp_path: Path, testbed_faults):  # type: ignore[no-untyped-def]
+    root = tmp_path / "proj"
+    (root / "runbooks").mkdir(parents=True)
+    (root / "inventory").mkdir()
+    shutil.copy(testbed_faults.inventory_path, root / "inventory" / "hosts.ini")
+    yield root
+    for host in testbed_faults.hosts:
+        shutil.rmtree(testbed_faults.private_dir(host, "/srv") / "technician-ops-test", ignore_errors=True)
+
+
+def marker(testbed, host) -> Path:  # type: ignore[no-untyped-def]
+    return testbed.private_dir(host, "/srv") / "technician-ops-test" / "owner"
+
+
+def go(root: Path, name: str, **kw):  # type: ignore[no-untyped-def]
+    from technician_ops.console import TextView
+
+    return run(RunRequest(name, run_id=f"ssh-{name}", **kw), load_project(root, environ={}), [TextView()])
+
+
+def test_success_on_every_host_with_its_own_state(ssh_project, testbed_faults) -> None:  # type: ignore[no-untyped-def]
+    (ssh_project / "runbooks" / "write.md").write_text(WRITE_ALL)
+    result = go(ssh_project, "write")
+    assert result.outcome is Outcome.SUCCEEDED
+    names = [h.name for h in testbed_faults.hosts]
+    assert len(names) == 3
+    for host in testbed_faults.hosts:
+        assert marker(testbed_faults, host).read_text() == f"{host.name}\n"  # each host wrote its own file
+
+
+def test_host_down_before_the_run_is_refused_by_preflight(ssh_project, testbed_faults) -> None:  # type: ignore[no-untyped-def]
+    (ssh_project / "runbooks" / "write.md").write_text(WRITE_ALL)
+    victim = testbed_faults.hosts[1]
+    testbed_faults.stop_sshd(victim)
+    with pytest.raises(DependencyUnavailable) as exc:
+        go(ssh_project, "write")
+    assert victim.name in exc.value.message and "refused" in exc.value.message
+    for host in testbed_faults.hosts:
+        assert not marker(testbed_faults, host).exists()  # nothing changed anywhere
+    assert not (ssh_project / ".technician-ops" / "runs").exists()
+
+
+def test_host_key_mismatch_is_refused(ssh_project, testbed_faults, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (ssh_project / "runbooks" / "write.md").write_text(WRITE_ALL)
+    known = tmp_path / "known_hosts"
+    lines = testbed_faults.known_hosts_path.read_text().splitlines()
+    first_key = lines[0].split(None, 1)[1]
+    victim_addr = lines[1].split(None, 1)[0]
+    lines[1] = f"{victim_addr} {first_key}"  # another host's key for this address
+    known.write_text("\n".join(lines) + "\n")
+    inv = ssh_project / "inventory" / "hosts.ini"
+    inv.write_text(inv.read_text().replace(str(testbed_faults.known_hosts_path), str(known)))
+    with pytest.raises(DependencyUnavailable) as exc:
+        go(ssh_project, "write")
+    assert "host_key_mismatch" in exc.value.message or "host key" in exc.value.message.lower()
+
+
+def test_host_cut_off_mid_run_rolls_back_the_others(ssh_project, testbed_faults) -> None:  # type: ignore[no-untyped-def]
+    victim = testbed_faults.hosts[2]
+    (ssh_project / "runbooks" / "cut.md").write_text(WRITE_ALL + """
+```text {name=gate kind=approve}
+continue?
+```
+
+```yaml {name=after kind=check}
+- ansible.builtin.command: "true"
+```
+""")
+
+    def prompt(step: str, text: str) -> bool:
+        testbed_faults.link_down(victim)  # the host drops off the network between two steps
+        return True
+
+    result = go(ssh_project, "cut", prompt=prompt)
+    assert result.outcome is Outcome.ROLLBACK_FAILED
+    assert result.failed_step == "after"
+    failed_hosts = {f["host"] for f in result.rollback["failures"]}
+    assert failed_hosts == {victim.name}
+    testbed_faults.link_up(victim)
+    for host in testbed_faults.hosts:
+        if host.name != victim.name:
+            assert not marker(testbed_faults, host).exists()  # undone where reachable
+    assert marker(testbed_faults, victim).exists()  # could not be undone: the record says so
+
+
+def test_serial_step_stops_after_the_first_failed_batch(ssh_project, testbed_faults) -> None:  # type: ignore[no-untyped-def]
+    hosts = [h.name for h in testbed_faults.hosts]
+    (ssh_project / "runbooks" / "rolling.md").write_text(f"""---
+hosts: all
+---
+
+```yaml {{name=roll serial=1}}
+- ansible.builtin.file: {{path: {MARKER}, state: directory}}
+- ansible.builtin.copy: {{dest: {MARKER}/owner, content: "{{{{ inventory_hostname }}}}\\n"}}
+- ansible.builtin.fail: {{msg: batch failed}}
+  when: inventory_hostname == "{hosts[1]}"
+```
+
+```yaml {{rollback=roll}}
+- ansible.builtin.file: {{path: {MARKER}, state: absent}}
+```
+""")
+    result = go(ssh_project, "rolling")
+    assert result.outcome is Outcome.FAILED and result.failed_step == "roll"
+    assert marker(testbed_faults, hosts[0]).exists()  # first batch ran
+    assert marker(testbed_faults, hosts[1]).exists()  # the failed batch
+    assert not marker(testbed_faults, hosts[2]).exists()  # never started
