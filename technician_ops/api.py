@@ -284,7 +284,7 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
     tracker = StepTracker(bus, names, "run", redactor, kinds_by, hosts_by)
     interrupted = False
     try:
-        handlers = {"approve": approvals, "secret": _Secrets(plan), "emit": _Emitter(bus)}
+        handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"approve": approvals, "secret": _Secrets(plan), "emit": _Emitter(bus)}
         with ControlServer(handlers) as control:
             env = {**control.env, "TECHNICIAN_OPS_RUN_ID": run_id, "TECHNICIAN_OPS_STATE_DIR": str(project.state_dir),
                    "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}

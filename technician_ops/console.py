@@ -66,8 +66,8 @@ class TextView:
             err = f": {escape(d['error'])}" if d.get("error") else ""
             self.print(f"    [{style}]{mark} {escape(d['host'])}[/] {d['status']} [dim]{d['duration']:.1f}s[/]{err}")
         elif k is Kind.STEP_END:
-            hosts = d.get("hosts") or {}
-            summary = ", ".join(f"{h}={s}" for h, s in hosts.items())
+            host_status: dict[str, str] = d.get("hosts") or {}
+            summary = ", ".join(f"{h}={s}" for h, s in host_status.items())
             self.rows.append((d.get("phase", "run"), d["step"], d["status"], d["duration"], summary))
         elif k is Kind.APPROVAL:
             word = "approved" if d.get("approved") else "NOT approved"

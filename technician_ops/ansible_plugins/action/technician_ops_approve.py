@@ -9,7 +9,7 @@ class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
 
-    def run(self, tmp=None, task_vars=None):  # type: ignore[no-untyped-def]
+    def run(self, tmp=None, task_vars=None):
         from technician_ops.control import call
 
         result = super().run(tmp, task_vars)

@@ -11,7 +11,7 @@ from ansible.plugins.lookup import LookupBase
 
 
 class LookupModule(LookupBase):
-    def run(self, terms, variables=None, **kwargs):  # type: ignore[no-untyped-def]
+    def run(self, terms, variables=None, **kwargs):
         from technician_ops.control import call
 
         values = []
