@@ -144,10 +144,15 @@ def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tu
 @click.option("--wait-lock", type=float, default=0.0, metavar="SECONDS", help="Wait for the runbook's lock instead of exiting 75.")
 @click.option("--skip-preflight", is_flag=True, help="Do not check SSH reachability of the targets first.")
 @click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL", help="Audit store (postgresql://...). Default: SQLite in .technician-ops/.")
+@click.option("--junit", "junit", type=click.Path(dir_okay=False), help="Write a JUnit XML report (one testcase per step).")
+@click.option("--metrics-file", envvar="TECHNICIAN_OPS_METRICS_FILE", type=click.Path(dir_okay=False),
+              help="Prometheus textfile-collector metrics to update after the run.")
+@click.option("--notify", "notify_url", envvar="TECHNICIAN_OPS_NOTIFY_URL", metavar="URL",
+              help="Slack-compatible webhook POSTed on failure/rollback (prefer the env var: it is a credential).")
 @click.pass_context
 def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: tuple[str, ...], check: bool, yes: bool,
             approve: tuple[str, ...], output: str, strict: bool, wait_lock: float, skip_preflight: bool,
-            audit_url: str | None) -> None:
+            audit_url: str | None, junit: str | None, metrics_file: str | None, notify_url: str | None) -> None:
     """Run a runbook: steps in order, undo on failure, one audit record."""
     from .api import RunRequest, run
     from .console import JsonView, TextView
@@ -171,13 +176,78 @@ def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: t
     request = RunRequest(name, parse_assignments(params), check=check, yes=yes, approve=approve, strict=strict,
                          prompt=prompt if interactive else None, wait_lock=wait_lock, skip_preflight=skip_preflight,
                          run_id=run_id)
+    report = _Reports(name, project, junit, metrics_file, notify_url)
+    sinks.extend(report.sinks())
     store = _open_store(project)
     try:
         with stop:
             result = run(request, project, sinks, audit=store, cancelled=stop)
+    except TechnicianOpsError as exc:
+        report.finish(None, exc)
+        raise
     finally:
         store.close()
+    report.finish(result, None)
     raise SystemExit(int(result.exit_code))
+
+
+class _Reports:
+    """The CI/cron outputs of one run: JUnit, metrics, failure notification.
+
+    None of them may change a run's outcome: their own failures are warnings.
+    """
+
+    def __init__(self, name: str, project: Any, junit: str | None, metrics: str | None, notify_url: str | None) -> None:
+        self.name, self.project = name, project
+        self.junit_path, self.metrics_path, self.notify_url = junit, metrics, notify_url
+        self.junit: Any = None
+        self.run_end: dict[str, Any] = {}
+        self.runbook_name = name
+
+    def sinks(self) -> list[Any]:
+        out: list[Any] = [self]
+        if self.junit_path:
+            from .api import load
+            from .junit import JUnitSink
+
+            try:
+                runbook = load(self.name, self.project)
+                self.runbook_name = runbook.name
+                self.junit = JUnitSink([s.name for s in runbook.steps])
+            except TechnicianOpsError:
+                self.junit = JUnitSink()
+            out.append(self.junit)
+        return out
+
+    def handle(self, event: Any) -> None:
+        if event.kind.value == "run_end":
+            self.run_end = dict(event.data)
+
+    def finish(self, result: Any, error: TechnicianOpsError | None) -> None:
+        import time
+
+        if self.junit is not None and self.junit_path:
+            self.junit.write(self.junit_path)
+        if self.metrics_path:
+            from .metrics import write_metrics
+
+            if result is not None:
+                outcome, duration, code = result.outcome, result.duration, int(result.exit_code)
+            else:
+                assert error is not None
+                outcome = "skipped" if error.exit_code == ExitCode.TEMPFAIL else "refused"
+                duration, code = 0.0, int(error.exit_code)
+            try:
+                write_metrics(self.metrics_path, self.runbook_name, outcome, duration, time.time(), code)
+            except TechnicianOpsError as exc:
+                click.echo(f"warning: metrics not written: {exc.message}", err=True)
+        if self.notify_url and result is not None:
+            from .notify import message_for, notify, should_notify
+
+            if should_notify(result.outcome):
+                sent = notify(self.notify_url, message_for(self.run_end, self.runbook_name))
+                if not sent.ok:
+                    click.echo(f"warning: notification failed after {sent.attempts} attempt(s): {sent.error}", err=True)
 
 
 class _Cancel:
@@ -248,6 +318,70 @@ def history_cmd(ctx: click.Context, runbook: str | None, limit: int, outcome: st
         check = " (check)" if r.get("check") else ""
         click.echo(f"{r['run_id']}  {str(r.get('started_at'))[:19]}  {r['runbook']:<28} {str(r.get('outcome')):<16} "
                    f"{r.get('user')}/{r.get('origin')}{check}")
+
+
+@cli.group("schedule")
+def schedule_group() -> None:
+    """Cron and systemd entries for runbooks with a schedule."""
+
+
+def _scheduled(ctx: click.Context) -> tuple[Any, list[Any]]:
+    from . import loader
+    from .schedule import entries
+
+    project = _project(ctx.find_root())
+    runbooks = []
+    for path in sorted(project.runbooks_dir.glob("*.md")):
+        try:
+            runbooks.append(loader.load_runbook(path, project.root))
+        except TechnicianOpsError as exc:
+            click.echo(f"warning: skipping invalid runbook: {exc.message.splitlines()[0]}", err=True)
+    return project, entries(project.root, runbooks)
+
+
+@schedule_group.command("list")
+@click.pass_context
+def schedule_list_cmd(ctx: click.Context) -> None:
+    """Scheduled runbooks and their next three fire times."""
+    from .schedule import next_fire_times
+
+    _project_, items = _scheduled(ctx)
+    if not items:
+        click.echo("no runbook has a schedule")
+    for e in items:
+        times = ", ".join(t.strftime("%Y-%m-%d %H:%M") for t in next_fire_times(e.schedule, 3)) if not e.problem else "-"
+        click.echo(f"{e.runbook:28} {e.schedule:16} next: {times}")
+        for note in ([e.problem] if e.problem else []) + list(e.warnings):
+            click.echo(f"    {note}")
+
+
+@schedule_group.command("export")
+@click.option("--format", "fmt", type=click.Choice(["crontab", "systemd"]), default="crontab", show_default=True)
+@click.option("--bin", "binary", type=click.Path(), help="technician-ops executable (default: the one on PATH).")
+@click.option("--log-dir", type=click.Path(file_okay=False), help="Where scheduled runs log (default: .technician-ops/logs).")
+@click.option("-o", "--output-dir", "out", type=click.Path(file_okay=False), help="systemd: write the unit files here.")
+@click.pass_context
+def schedule_export_cmd(ctx: click.Context, fmt: str, binary: str | None, log_dir: str | None, out: str | None) -> None:
+    """Print crontab lines (or write systemd .service/.timer units) for scheduled runbooks."""
+    import shutil
+
+    from .schedule import export_crontab, export_systemd
+
+    project, items = _scheduled(ctx)
+    exe = binary or shutil.which("technician-ops") or str(Path(sys.executable).parent / "technician-ops")
+    exe = str(Path(exe).resolve())
+    logs = Path(log_dir) if log_dir else project.state_dir / "logs"
+    if fmt == "crontab":
+        click.echo(export_crontab(items, technician_ops_bin=exe, project_root=project.root, log_dir=logs), nl=False)
+        return
+    units = export_systemd(items, technician_ops_bin=exe, project_root=project.root, log_dir=logs)
+    for unit, text in units.items():
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / unit).write_text(text)
+            click.echo(f"wrote {Path(out) / unit}")
+        else:
+            click.echo(f"# --- {unit}\n{text}")
 
 
 @cli.group("audit")
