@@ -29,13 +29,13 @@ class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
 
-    def run(self, tmp=None, task_vars=None):  # type: ignore[no-untyped-def]
+    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from technician_ops import backup_steps
         from technician_ops.backup import interpret_remote_result
         from technician_ops.control import call
         from technician_ops.errors import TechnicianOpsError
 
-        result = super().run(tmp, task_vars)
+        result: dict[str, Any] = super().run(tmp, task_vars)
         args = self._task.args
         step, source, phase = str(args["step"]), str(args.get("source", "files")), str(args.get("phase", "record"))
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ansible.plugins.action import ActionBase
 
@@ -19,13 +20,13 @@ class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
 
-    def run(self, tmp=None, task_vars=None):  # type: ignore[no-untyped-def]
+    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from technician_ops import backup_steps
         from technician_ops.backup import BackupCorrupted, interpret_remote_result
         from technician_ops.control import call
         from technician_ops.errors import TechnicianOpsError
 
-        result = super().run(tmp, task_vars)
+        result: dict[str, Any] = super().run(tmp, task_vars)
         args = self._task.args
         step, source, phase = str(args["step"]), str(args.get("source", "files")), str(args.get("phase", "restore"))
         host = str((task_vars or {})["inventory_hostname"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ansible.plugins.action import ActionBase
 
@@ -19,13 +20,13 @@ class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
 
-    def run(self, tmp=None, task_vars=None):  # type: ignore[no-untyped-def]
+    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from technician_ops import terraform_steps
         from technician_ops.control import call
         from technician_ops.errors import TechnicianOpsError
         from technician_ops.terraform import TerraformLocked
 
-        result = super().run(tmp, task_vars)
+        result: dict[str, Any] = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         args = self._task.args
         state_dir, run_id = os.environ.get("TECHNICIAN_OPS_STATE_DIR"), os.environ.get("TECHNICIAN_OPS_RUN_ID")
@@ -40,7 +41,7 @@ class ActionModule(ActionBase):
         )
         check = bool(task_vars.get("ansible_check_mode")) or bool(task_vars.get("technician_ops_check"))
 
-        def emit(data: dict) -> None:  # type: ignore[type-arg]
+        def emit(data: dict[str, Any]) -> None:
             reply = call("emit", kind="artifact", data=data)
             if not reply.get("ok"):
                 raise RuntimeError(f"could not record the terraform artifact: {reply.get('error')}")
