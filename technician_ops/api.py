@@ -303,6 +303,8 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
         outcome = Outcome.INTERRUPTED
     finally:
         redactor.scrub_tree(pdd)
+    if outcome in (Outcome.SUCCEEDED, Outcome.ROLLED_BACK, Outcome.FAILED) and not plan.check:
+        _prune_backups(project, plan, bus)  # never when a human is needed: keep every backup
     exit_code = EXIT_FOR_OUTCOME[outcome]
     duration = time.monotonic() - started
     failed_hosts = tracker.steps[failed_step].failed_hosts if failed_step in tracker.steps else []
@@ -379,6 +381,18 @@ def _roll_back(plan: Plan, tracker: Any, failed: str | None, pdd: Path, inventor
     outcome = Outcome.ROLLBACK_FAILED if failures else Outcome.ROLLED_BACK
     bus.emit(Kind.ROLLBACK_END, outcome=outcome.value, failures=failures, steps=order)
     return outcome, {"steps": order, "outcome": outcome.value, "failures": failures}
+
+
+def _prune_backups(project: Project, plan: Plan, bus: Bus) -> None:
+    if not (project.state_dir / "backups").exists():
+        return
+    from .backup_steps import prune_backups
+
+    keep = int(plan.runbook.meta.get("keep_backups") or project.keep_backups)
+    try:
+        prune_backups(project.state_dir, plan.runbook.name, keep)
+    except TechnicianOpsError as exc:
+        bus.emit(Kind.NOTICE, level="warning", message=f"backup retention: {exc.message}")
 
 
 def _check_targets(plan: Plan, inventory: Any) -> None:
