@@ -189,3 +189,20 @@ def test_cli_json_output_and_exit_code(demo) -> None:  # type: ignore[no-untyped
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert events[0]["event"] == "run_start" and events[-1]["event"] == "run_end"
     assert events[-1]["outcome"] == "rolled_back" and events[-1]["exit_code"] == 3
+
+
+def test_json_events_follow_the_documented_schema(demo) -> None:  # type: ignore[no-untyped-def]
+    schema = json.loads((Path(__file__).resolve().parents[2] / "docs" / "events.schema.json").read_text())
+    _result, events = run_demo(demo, "release-with-healthcheck", {"release": "r3"}, run_id="schema")
+    required = schema["x-required-by-event"]
+    seen = set()
+    for event in events:
+        assert event["v"] == schema["properties"]["v"]["const"]
+        assert event["event"] in schema["properties"]["event"]["enum"]
+        assert isinstance(event["ts"], float) and event["run_id"] == "schema"
+        missing = [k for k in required[event["event"]] if k not in event]
+        assert not missing, (event["event"], missing)
+        if "phase" in event:
+            assert event["phase"] in schema["x-enums"]["phase"]
+        seen.add(event["event"])
+    assert {"run_start", "step_start", "host_result", "step_end", "rollback_start", "rollback_end", "run_end"} <= seen
