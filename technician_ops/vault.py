@@ -795,9 +795,9 @@ def resolve_refs(
         return {}
     vc = client or connect(env)
     values: dict[str, str] = {}
-    for name, ref in parsed.items():
+    for name, secret_ref in parsed.items():
         try:
-            values[name] = vc.read(ref)
+            values[name] = vc.read(secret_ref)
         except VaultPermissionError:
             raise  # already names the path and the missing capability
         except VaultError as err:

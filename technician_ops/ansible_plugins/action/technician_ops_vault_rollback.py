@@ -9,6 +9,8 @@ rotation that published nothing, or created the key, has none.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ansible.plugins.action import ActionBase
 
 
@@ -16,14 +18,14 @@ class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
 
-    def run(self, tmp=None, task_vars=None):  # type: ignore[no-untyped-def]
+    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from technician_ops import vault_step
         from technician_ops.control import call
 
         result = super().run(tmp, task_vars)
         step = str(self._task.args.get("step", ""))
 
-        def emit(data):  # type: ignore[no-untyped-def]
+        def emit(data: dict[str, Any]) -> None:
             reply = call("emit", kind="artifact", data=data)
             if not reply.get("ok"):
                 raise vault_step.VaultStepError(f"technician-ops refused the record: {reply.get('error')}")

@@ -14,6 +14,8 @@ Under ``--check`` (or ``dry_run: true``) nothing is written.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ansible.plugins.action import ActionBase
 
 
@@ -21,7 +23,7 @@ class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
 
-    def run(self, tmp=None, task_vars=None):  # type: ignore[no-untyped-def]
+    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from technician_ops import vault_step
         from technician_ops.control import call
 
@@ -30,7 +32,7 @@ class ActionModule(ActionBase):
         step = str(args.get("step", ""))
         secret = str(args.get("secret", ""))
 
-        def emit(data):  # type: ignore[no-untyped-def]
+        def emit(data: dict[str, Any]) -> None:
             reply = call("emit", kind="artifact", data=data)
             if not reply.get("ok"):
                 raise vault_step.VaultStepError(f"technician-ops refused the record: {reply.get('error')}")
