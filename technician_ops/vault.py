@@ -766,3 +766,40 @@ class VaultClient:
                 f"cannot roll back {where} to version {n}: that version was deleted",
                 hint=f"undelete version {n} first if it should be restored",
             )
+
+
+# ------------------------------------------------------------ run-time reads
+
+
+def resolve_refs(
+    refs: Mapping[str, str],
+    *,
+    env: Mapping[str, str] | None = None,
+    client: VaultClient | None = None,
+) -> dict[str, str]:
+    """Read the front-matter form ``secrets: {name: "vault:mount/path#key"}``.
+
+    Every reference is parsed before anything is contacted, so a typo fails
+    without a network round trip; then one connection reads them all (an
+    unreachable server fails once, before the run starts).  The values are
+    returned as plain strings because they become the run's secret
+    parameters, which the engine already keeps out of files and logs.
+    """
+    parsed: dict[str, SecretRef] = {}
+    for name, ref in refs.items():
+        try:
+            parsed[name] = parse_ref(ref)
+        except VaultRefError as err:
+            raise VaultRefError(f"secret {name!r}: {err.message}", hint=err.hint) from None
+    if not parsed:
+        return {}
+    vc = client or connect(env)
+    values: dict[str, str] = {}
+    for name, secret_ref in parsed.items():
+        try:
+            values[name] = vc.read(secret_ref)
+        except VaultPermissionError:
+            raise  # already names the path and the missing capability
+        except VaultError as err:
+            raise type(err)(f"secret {name!r}: {err.message}", hint=err.hint) from None
+    return values
