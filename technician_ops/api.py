@@ -232,6 +232,7 @@ def run(request: RunRequest, project: Project, sinks: list[Sink], *, audit: Any 
         header["params"] = _redacted_params(plan)
         approvals = _Approvals(plan, request, bus)
         approvals.precheck()
+        _resolve_vault_secrets(plan, request.environ)
     except (ParameterError, ApprovalMissing) as exc:
         if audit is not None:
             audit.record_skipped(header, f"refused: {exc.message}", outcome="refused")
@@ -424,6 +425,22 @@ def _preflight(plan: Plan, inventory: Any) -> None:
         specs = preflight.hosts_from_inventory(list(inventory.paths), ":".join(names))
         if specs:
             preflight.ensure_reachable(specs)
+
+
+def _resolve_vault_secrets(plan: Plan, environ: dict[str, str] | None) -> None:
+    """Front matter ``secrets: {name: "vault:mount/path#key"}``: read before anything runs.
+
+    Values live only in this process (the plan's params); Vault down or a
+    missing permission fails the run here, before any host is touched.
+    """
+    declared = plan.runbook.meta.get("secrets")
+    if not isinstance(declared, dict):
+        return
+    refs = {name: str(ref) for name, ref in declared.items() if str(ref).startswith("vault:")}
+    if refs:
+        from .vault import resolve_refs
+
+        plan.params.update(resolve_refs(refs, env=environ))
 
 
 def _redacted_params(plan: Plan) -> dict[str, Any]:
