@@ -338,6 +338,10 @@ def _roll_back(plan: Plan, tracker: Any, failed: str | None, pdd: Path, inventor
     completed: list[tuple[PlanStep, list[str]]] = []
     missing: list[dict[str, Any]] = []
     by_name = {ps.name: ps for ps in plan.steps}
+    # Hosts this run just found unreachable are not retried by the undo (an
+    # SSH attempt to a host that vanished can hang): they are reported as
+    # not rolled back, by name.
+    dead = {h for run in tracker.steps.values() for h, a in run.hosts.items() if a.status.value == "unreachable"}
     for name in tracker.order:
         run = tracker.steps[name]
         ps = by_name[name]
@@ -349,6 +353,11 @@ def _roll_back(plan: Plan, tracker: Any, failed: str | None, pdd: Path, inventor
             continue
         if not run.changed and not ps.kind.auto_undo:
             continue  # reported no change anywhere: nothing to undo
+        for host in sorted(set(hosts) & dead):
+            missing.append({"step": name, "host": host, "error": "host unreachable during the run: not rolled back"})
+        hosts = [h for h in hosts if h not in dead]
+        if not hosts:
+            continue
         if ps.has_undo:
             completed.append((ps, hosts))
         else:

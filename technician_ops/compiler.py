@@ -24,6 +24,7 @@ from .model import Runbook, Step
 from .params import parse_duration
 
 PLUGIN_DIR = Path(__file__).parent / "ansible_plugins"
+UNDO_TASK_TIMEOUT = 600  # seconds per undo task unless the step sets timeout=
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class Plan:
                 play.pop("serial", None)
                 play["ignore_unreachable"] = True
                 block = play["tasks"][0]
+                block.setdefault("timeout", UNDO_TASK_TIMEOUT)  # a hung host cannot hang the rollback
                 block["rescue"] = [{"name": "undo failed", "ansible.builtin.set_fact": {"technician_ops_undo_failed": True}}]
                 plays.append(play)
         return plays
