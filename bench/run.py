@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -280,7 +281,7 @@ def bench_defaults_vs_naive(base: Path, n: int, reps: int, forks: list[int], log
     log(f"generated defaults vs naive ansible-playbook, {n} host(s), {reps} reps")
     sides: dict[str, Callable[[], float]] = {"run": proj.run_tool, "naive": proj.run_naive}
     for f in forks:  # the compiled playbook with another forks, to size a cheap config change
-        sides[f"raw_forks_{f}"] = (lambda f=f: proj.run_raw_forks(f))
+        sides[f"raw_forks_{f}"] = functools.partial(proj.run_raw_forks, f)
     sides["raw"] = proj.run_raw
     samples = interleave(sides, reps)
     result = {"hosts": n, **_pair(samples, "run", "naive")}
@@ -320,7 +321,7 @@ def bench_startup(base: Path, reps: int, log: Callable[[str], None]) -> dict[str
         "list": lambda: timed(tool("--project", str(proj_root), "list"), cwd=proj_root, env=env),
         "lint_one": lambda: timed(tool("--project", str(proj_root), "lint", runbook), cwd=proj_root, env=env),
     }, reps)
-    out = {f"{k}_ms": ms(statistics.median(v)) for k, v in samples.items()}
+    out: dict[str, Any] = {f"{k}_ms": ms(statistics.median(v)) for k, v in samples.items()}
     out["help_heavy_imports"] = heavy_imports_of_help()
     return out
 
