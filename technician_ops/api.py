@@ -351,7 +351,7 @@ def _roll_back(plan: Plan, tracker: Any, failed: str | None, pdd: Path, inventor
         hosts = [h for h, a in run.hosts.items() if a.status.value in ("ok", "changed")] if not own_failure else list(run.hosts)
         if not ps.kind.mutating or not hosts:
             continue
-        if not run.changed and not ps.kind.auto_undo:
+        if not run.changed and not ps.kind.has_auto_undo(ps.step):
             continue  # reported no change anywhere: nothing to undo
         for host in sorted(set(hosts) & dead):
             missing.append({"step": name, "host": host, "error": "host unreachable during the run: not rolled back"})

@@ -40,7 +40,7 @@ class PlanStep:
 
     @property
     def has_undo(self) -> bool:
-        return self.undo is not None or self.kind.auto_undo
+        return self.undo is not None or self.kind.has_auto_undo(self.step)
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,9 @@ def standard_play(kind: StepKind, step: Step, ctx: CompileContext, tasks: list[d
     play["vars_files"] = ["params.yml"]
     secret_vars = _secret_vars(step, ctx)
     if secret_vars:
-        play["vars"] = secret_vars
+        # Pipelining keeps module arguments (which may now hold a secret) off
+        # the target's disk, for local connections too.
+        play["vars"] = {**secret_vars, "ansible_pipelining": True}
     tasks = [_with_no_log(t, ctx.secret_names) for t in tasks]
     if "retries" in attrs:
         tasks = [_with_retries(t, int(attrs["retries"]), int(attrs.get("delay", "5"))) for t in tasks]

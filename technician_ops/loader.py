@@ -320,7 +320,7 @@ def _steps(
         out.error(1, "no steps: a step is a fenced code block with an attribute block, e.g. ```yaml {name=restart}")
     for step in steps:
         kind = registry[step.kind]
-        if step.name in undos or kind.auto_undo or not kind.changes_things(step):
+        if step.name in undos or kind.has_auto_undo(step) or not kind.changes_things(step):
             continue
         message = f"step {step.name!r} changes things but has no undo: add a ```{step.lang or 'yaml'} {{rollback={step.name}}} block"
         if kind.name == "playbook":

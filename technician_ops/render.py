@@ -31,7 +31,7 @@ def runbook_text(runbook: Runbook) -> str:
         hosts = "controller" if kind.controller else (step.hosts or runbook.hosts or "?")
         if step.name in runbook.undos:
             undo = f"undo at line {runbook.undos[step.name].line}"
-        elif kind.auto_undo:
+        elif kind.has_auto_undo(step):
             undo = "automatic undo"
         elif not kind.changes_things(step):
             undo = "read-only"

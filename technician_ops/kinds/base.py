@@ -77,6 +77,10 @@ class StepKind:
         """Whether this step can change state, so it should have an undo."""
         return self.mutating
 
+    def has_auto_undo(self, step: Step) -> bool:
+        """Whether this very step brings its own undo (a kind may decide per step)."""
+        return self.auto_undo
+
     def referenced_names(self, step: Step) -> str:
         """Text searched for secret-variable references (decides no_log)."""
         return step.body

@@ -85,6 +85,11 @@ class TerraformKind(StepKind):
         return [{"name": f"terraform {step.spec['action']}: {step.spec['module']}",
                  "technician_ops_terraform": self._args(step, ctx)}]
 
+    def has_auto_undo(self, step: Step) -> bool:
+        # Only `rollback: previous` is an undo; otherwise lint asks for a
+        # {rollback=NAME} block like any other mutating step.
+        return step.spec.get("rollback") == "previous" or step.spec["action"] == "plan"
+
     def undo_tasks(self, step: Step, ctx: CompileContext) -> list[dict[str, Any]]:
         if step.spec["action"] == "plan":
             return [{"name": "terraform plan: nothing to undo", "ansible.builtin.debug": {"msg": "a plan changes nothing"}}]

@@ -156,7 +156,7 @@ def test_syntax_error_never_starts_ansible(demo) -> None:  # type: ignore[no-unt
 
 
 def test_secret_parameter_never_written(demo) -> None:  # type: ignore[no-untyped-def]
-    secret = "canary-" + os.urandom(8).hex()
+    secret = "canary-" + os.urandom(8).hex() + " 'q\"$x"
     demo.write_runbook("secretive", """---
 hosts: web
 params:
@@ -165,6 +165,7 @@ params:
 
 ```bash {name=use kind=check}
 test -n "$TOKEN" && echo "token is $TOKEN"
+printf '%s' "$TOKEN" | sha256sum | cut -d' ' -f1 > "$DEMO_HASH_DIR/$TECHNICIAN_OPS_HOST.sha"
 ```
 
 ```yaml {name=use-in-task kind=check}
@@ -172,8 +173,14 @@ test -n "$TOKEN" && echo "token is $TOKEN"
 - ansible.builtin.fail: {msg: "bad {{ token }}"}
 ```
 """)
+    demo.write_runbook("secretive", demo.root.joinpath("runbooks", "secretive.md").read_text().replace(
+        "  token: {type: secret, required: true}", f"  token: {{type: secret, required: true}}\n  demo_hash_dir: {{type: string, default: {demo.hosts_dir}}}"))
     result, events = run_demo(demo, "secretive", {"token": secret})
     assert result.outcome is Outcome.FAILED  # the fail task ran with the value: the lookup worked
+    import hashlib
+
+    # the script saw exactly the value (quotes, spaces and $ intact), through stdin
+    assert (demo.hosts_dir / "web1.sha").read_text().strip() == hashlib.sha256(secret.encode()).hexdigest()
     text = json.dumps(events)
     assert secret not in text
     for path in demo.root.rglob("*"):

@@ -73,7 +73,10 @@ def test_shell_script_is_never_templated_and_gets_params_as_env(tmp_path: Path) 
     assert "cmd: !unsafe" in text  # Ansible will not render {{ version }} inside the script
     script = yaml.safe_load(text.replace("!unsafe", ""))[1]["tasks"][0]["block"][0]
     env = script["environment"]
-    assert env["VERSION"] == "{{ version }}" and env["TOKEN"] == "{{ token }}"
+    assert env["VERSION"] == "{{ version }}"
+    assert "TOKEN" not in env  # a secret never becomes a VAR=value command-line prefix
+    assert script["ansible.builtin.shell"]["stdin"] == "TOKEN={{ token | string | b64encode }}"
+    assert script["ansible.builtin.shell"]["cmd"].startswith("while IFS= read -r __tops_kv")
     assert script["no_log"] is True  # it uses a secret
     assert script["retries"] == 2 and script["until"].endswith("is succeeded")
 
@@ -87,6 +90,7 @@ def test_secrets_are_looked_up_at_run_time_never_written(tmp_path: Path) -> None
     assert check["vars"]["token"] == "{{ lookup('technician_ops_secret', 'token') }}"
     task = check["tasks"][0]["block"][0]
     assert task["no_log"] is True and task["check_mode"] is False and task["changed_when"] is False
+    assert check["vars"]["ansible_pipelining"] is True  # module args with secrets stay off disk
     assert "token" not in plays[0].get("vars", {})  # only steps that use it get it
 
 

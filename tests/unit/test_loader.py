@@ -72,3 +72,16 @@ def test_bundled_runbooks_are_valid() -> None:
     root = Path(__file__).resolve().parents[2]
     for path in sorted((root / "runbooks").glob("*.md")):
         assert [d for d in lint(path, root) if d.severity == "error"] == [], path
+
+
+def test_terraform_step_without_any_undo_is_warned(tmp_path: Path) -> None:
+    (tmp_path / "terraform" / "app").mkdir(parents=True)
+    (tmp_path / "terraform" / "app" / "main.tf").write_text("")
+    rb = tmp_path / "tf.md"
+    body = "```yaml {name=apply kind=terraform}\nmodule: terraform/app\nvars: {version: \"1\"}\n%s```\n"
+    rb.write_text("---\nname: tf\n---\n\n" + body % "")
+    diags = lint(rb, tmp_path)
+    assert [(d.line, d.severity) for d in diags] == [(5, "warning")], [str(d) for d in diags]
+    assert "changes things but has no undo" in diags[0].message
+    rb.write_text("---\nname: tf\n---\n\n" + body % "rollback: previous\n")
+    assert lint(rb, tmp_path) == []
