@@ -10,20 +10,15 @@
 
 from __future__ import annotations
 
-import os
-import pwd
 import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support.openbao import OpenBaoServer, find_bao, free_port
-
-PG_BIN = Path(os.environ.get("TECHOPS_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+from tests.support.openbao import OpenBaoServer, find_bao
+from tests.support.pgserver import PgServer
 
 
 @pytest.fixture(scope="session")
@@ -66,46 +61,9 @@ class Postgres:
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[Postgres]:
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (apt-get install postgresql-15)")
+    if not PgServer.available():
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql-15)")
     if shutil.which("psql") is None:
         pytest.skip("psql is not on PATH (apt-get install postgresql-client-15)")
-    if os.geteuid() == 0:
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run initdb as")
-        runas = ["runuser", "-u", "postgres", "--"]
-    else:
-        owner = pwd.getpwuid(os.geteuid())
-        runas = []
-    base = Path(tempfile.mkdtemp(prefix="techops-pg-vault-"))
-    os.chown(base, owner.pw_uid, owner.pw_gid)
-    os.chmod(base, 0o755)
-    data = base / "data"
-    port = free_port()
-    try:
-        subprocess.run(
-            [*runas, str(PG_BIN / "initdb"), "-D", str(data), "-U", owner.pw_name, "--no-sync", "-E", "UTF8",
-             "--auth-local=trust", "--auth-host=scram-sha-256"],
-            check=True, capture_output=True,
-        )
-        # The superuser logs in without a password (as a DBA would by peer);
-        # every other role needs its SCRAM password.
-        hba = data / "pg_hba.conf"
-        hba.write_text(
-            "local all all trust\n"
-            f"host all {owner.pw_name} 127.0.0.1/32 trust\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
-        )
-        subprocess.run(
-            [*runas, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "30",
-             "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off", "start"],
-            check=True, capture_output=True,
-        )
-        yield Postgres(port=port, admin=owner.pw_name, log=base / "server.log")
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run([*runas, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                           check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with PgServer(scram=True) as server:
+        yield Postgres(port=server.port, admin=server.superuser, log=server.log)

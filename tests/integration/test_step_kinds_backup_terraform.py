@@ -16,12 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pwd
 import shutil
-import socket
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ import pytest
 from technician_ops.api import RunRequest, RunResult, run
 from technician_ops.events import Event, Kind, Outcome
 from technician_ops.project import Project, load_project
+from tests.support.pgserver import PgServer
 
 pytestmark = pytest.mark.integration
 
@@ -240,36 +238,10 @@ class Pg:
 @pytest.fixture(scope="module")
 def pg() -> Iterator[Pg]:
     """A throwaway PG 15 cluster (trust auth, loopback + a private socket dir)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (apt-get install postgresql-15)")
-    if os.geteuid() == 0:
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run initdb as")
-        runas = ["runuser", "-u", "postgres", "--"]
-    else:
-        owner = pwd.getpwuid(os.geteuid())
-        runas = []
-    base = Path(tempfile.mkdtemp(prefix="techops-kinds-pg-"))
-    os.chown(base, owner.pw_uid, owner.pw_gid)
-    os.chmod(base, 0o755)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    data = base / "data"
-    try:
-        subprocess.run([*runas, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", owner.pw_name,
-                        "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
-        subprocess.run([*runas, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "30",
-                        "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off", "start"],
-                       check=True, capture_output=True)
-        yield Pg(base, port, owner.pw_name)
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run([*runas, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], check=False,
-                           capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    if not PgServer.available():
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql-15)")
+    with PgServer() as server:
+        yield Pg(server.socket_dir, server.port, server.superuser)
 
 
 PG_RUNBOOK = """---

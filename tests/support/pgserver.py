@@ -20,7 +20,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from typing import Any
 
 DEFAULT_BINDIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
@@ -47,7 +46,8 @@ class PgServer:
 
     superuser = "postgres"
 
-    def __init__(self, bindir: pathlib.Path | None = None, *, os_user: str | None = None) -> None:
+    def __init__(self, bindir: pathlib.Path | None = None, *, os_user: str | None = None, scram: bool = False) -> None:
+        """``scram``: TCP logins other than the superuser need their SCRAM password (tests of passwords)."""
         found = bindir or find_bindir()
         if found is None:
             raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) not found; "
@@ -57,6 +57,7 @@ class PgServer:
         self.port = 0
         self.tmp: pathlib.Path | None = None
         self.started = False
+        self.scram = scram
 
     @staticmethod
     def available() -> bool:
@@ -82,6 +83,13 @@ class PgServer:
         try:
             self._run("initdb", "-D", str(self.datadir), "-U", self.superuser, "--auth=trust",
                       "-E", "UTF8", "--locale=C", "--no-sync")
+            if self.scram:
+                # The superuser logs in without a password (as a DBA would by
+                # peer); every other role needs its SCRAM password.
+                (self.datadir / "pg_hba.conf").write_text(
+                    "local all all trust\n"
+                    f"host all {self.superuser} 127.0.0.1/32 trust\n"
+                    "host all all 127.0.0.1/32 scram-sha-256\n")
             last: subprocess.CompletedProcess[str] | None = None
             for _ in range(3):  # the free port can be taken between probe and bind: retry
                 self.port = free_port()
@@ -97,6 +105,25 @@ class PgServer:
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def socket_dir(self) -> pathlib.Path:
+        assert self.tmp is not None
+        return self.tmp
+
+    @property
+    def log(self) -> pathlib.Path:
+        return self.socket_dir / "server.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """libpq environment reaching this cluster as the superuser over its socket."""
+        return {"PGHOST": str(self.socket_dir), "PGPORT": str(self.port), "PGUSER": self.superuser}
+
+    def psql(self, dbname: str, sql: str) -> str:
+        proc = subprocess.run([str(self.bindir / "psql"), "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-d", dbname, "-c", sql],
+                              env={**os.environ, **self.env}, capture_output=True, text=True, check=True, timeout=120)
+        return proc.stdout.strip()
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{dbname}"
