@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -453,6 +453,20 @@ def remember_apply(path: Path, module_key: str, variables: Mapping[str, Any], ru
     entries: list[dict[str, Any]] = data["modules"].setdefault(module_key, [])
     entries.append({"variables": dict(variables), "run_id": run_id, "applied_at": time.time()})
     del entries[:-_HISTORY_KEEP]
+    _save_history(path, data)
+
+
+def forget_apply(path: Path, module_key: str, run_id: str) -> None:
+    """Drop the entries ``run_id`` wrote for ``module_key`` (its apply was undone)."""
+    path = Path(path)
+    data = _load_history(path)
+    entries = data["modules"].get(module_key) or []
+    data["modules"][module_key] = [e for e in entries if e.get("run_id") != run_id]
+    _save_history(path, data)
+
+
+def _save_history(path: Path, data: dict[str, Any]) -> None:
+    """Atomically (temp file, fsync, rename; mode 0600 from mkstemp)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=".tfhistory-", dir=path.parent)
     try:

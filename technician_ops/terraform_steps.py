@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .terraform import forget_apply as _forget_apply
 from .terraform import (
     ApplyResult,
     PlanSummary,
@@ -136,20 +136,7 @@ def run_history(state_dir: Path, key: str, run_id: str) -> tuple[bool, dict[str,
 
 def forget_apply(state_dir: Path, key: str, run_id: str) -> None:
     """Drop the history entries ``run_id`` wrote for ``key`` (its apply was undone)."""
-    path = history_path(state_dir)
-    data = _load_history(path)
-    entries = data["modules"].get(key) or []
-    data["modules"][key] = [e for e in entries if e.get("run_id") != run_id]
-    fd, tmp = tempfile.mkstemp(prefix=".tfhistory-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _forget_apply(history_path(state_dir), key, run_id)
 
 
 def undo_step(ts: TerraformStep, state_dir: Path, run_id: str, *, emit: Emit) -> dict[str, Any]:
