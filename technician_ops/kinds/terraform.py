@@ -17,8 +17,8 @@ plan summary goes into the audit record and the state is untouched.
 Undo: with ``rollback: previous`` the undo re-applies the variables of the
 apply before this run's (or destroys what this run created if it was the
 first).  Otherwise write an explicit ``{rollback=NAME}`` block (for example
-another terraform block).  A step with neither has no undo: its rollback
-fails loudly and asks for a human.
+another terraform block).  A step with neither has no undo: lint warns
+(an error with ``--strict``) and a rollback reports it as not undone.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ _ACTIONS = ("apply", "plan", "destroy")
 class TerraformKind(StepKind):
     name = "terraform"
     controller = True
-    # The engine asks per kind; whether a step really has an automatic undo
-    # (``rollback: previous``) is decided in undo_tasks.
+    # Whether a step really has an automatic undo (``rollback: previous``)
+    # is decided per step in has_auto_undo.
     auto_undo = True
 
     def parse(self, body: str, lang: str, project_root: Path) -> Any:
