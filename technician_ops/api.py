@@ -232,7 +232,7 @@ def run(request: RunRequest, project: Project, sinks: list[Sink], *, audit: Any 
         approvals = _Approvals(plan, request, bus)
         approvals.precheck()
         _resolve_vault_secrets(plan, request.environ)
-    except (ParameterError, ApprovalMissing) as exc:
+    except TechnicianOpsError as exc:  # bad parameters, approval missing, Vault down: nothing ran
         if audit is not None:
             audit.record_skipped(header, f"refused: {exc.message}", outcome="refused")
         raise
@@ -252,25 +252,43 @@ def run(request: RunRequest, project: Project, sinks: list[Sink], *, audit: Any 
 def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, header: dict[str, Any],
                 approvals: _Approvals, audit: Any, cancelled: Callable[[], bool] | None, started: float) -> RunResult:
     from . import inventory as inv_mod
-    from .control import ControlServer
-    from .executor import StepTracker, execute
 
     run_id = header["run_id"]
     redactor = Redactor([str(v) for k, v in plan.params.items() if k in plan.secret_names and v is not None])
     bus.redactor = redactor
-    inventory = inv_mod.load(project.inventory) if project.inventory else None
-    _check_targets(plan, inventory)
-    if not request.skip_preflight and inventory is not None:
-        _preflight(plan, inventory)
-    ensure_private_dir(project.state_dir)
-    pdd = ensure_private_dir(ensure_private_dir(project.state_dir / "runs") / run_id)
-    files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [])
+    try:
+        inventory = inv_mod.load(project.inventory) if project.inventory else None
+        _check_targets(plan, inventory)
+        if not request.skip_preflight and inventory is not None:
+            _preflight(plan, inventory)
+        ensure_private_dir(project.state_dir)
+        pdd = ensure_private_dir(ensure_private_dir(project.state_dir / "runs") / run_id)
+        files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [])
+    except TechnicianOpsError as exc:
+        if audit is not None:  # refused before anything ran: still one record
+            audit.record_skipped(header, f"refused before any change: {exc.message}", outcome="refused")
+        raise
     header["artifact_dir"] = str(pdd)
     if audit is not None:
         audit.start_run(header)
         from .audit.sink import AuditSink
 
         bus.add(AuditSink(audit, run_id))
+    try:
+        return _execute_plan(plan, project, bus, header, approvals, audit, cancelled, started, redactor, pdd, files)
+    except BaseException:
+        if audit is not None:  # a crash of ours, or Ctrl-C twice: the record must not stay "running"
+            audit.finish(run_id, Outcome.INTERRUPTED.value)
+        raise
+
+
+def _execute_plan(plan: Plan, project: Project, bus: Bus, header: dict[str, Any], approvals: _Approvals, audit: Any,
+                  cancelled: Callable[[], bool] | None, started: float, redactor: Redactor, pdd: Path,
+                  files: dict[str, Path]) -> RunResult:
+    from .control import ControlServer
+    from .executor import StepTracker, execute
+
+    run_id = header["run_id"]
     bus.emit(Kind.RUN_START, **{k: header[k] for k in ("run_id", "runbook", "path", "check", "params", "operator", "origin", "started_at")})
     for warning in plan.runbook.warnings:
         bus.emit(Kind.NOTICE, level="warning", message=str(warning))

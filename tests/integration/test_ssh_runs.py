@@ -66,12 +66,19 @@ def test_host_down_before_the_run_is_refused_by_preflight(ssh_project, testbed_f
     (ssh_project / "runbooks" / "write.md").write_text(WRITE_ALL)
     victim = testbed_faults.hosts[1]
     testbed_faults.stop_sshd(victim)
+    from technician_ops.audit import new_run_id, open_store
+
+    store = open_store(None, ssh_project)
+    run_id = new_run_id()
     with pytest.raises(DependencyUnavailable) as exc:
-        go(ssh_project, "write")
+        run(RunRequest("write", run_id=run_id), load_project(ssh_project, environ={}), [], audit=store)
     assert victim.name in exc.value.message and "refused" in exc.value.message
     for host in testbed_faults.hosts:
         assert not marker(testbed_faults, host).exists()  # nothing changed anywhere
     assert not (ssh_project / ".technician-ops" / "runs").exists()
+    record = store.get(run_id)  # still exactly one record, saying why
+    assert record["outcome"] == "refused" and victim.name in record["reason"]
+    store.close()
 
 
 def test_host_key_mismatch_is_refused(ssh_project, testbed_faults, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
