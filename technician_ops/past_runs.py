@@ -495,7 +495,8 @@ def _execute(undo: _Undo, project: Project, header: dict[str, Any], bus: Bus, au
             extra = {"new_version": d["new_version"], "key_existed": d["key_existed"]} if "new_version" in d else {}
             vault_step.write_state(path, {**state, **extra, "status": d["set"], "recovered_by": new_id})
         bus.emit(Kind.ARTIFACT, type="secret_recovery", **{k: v for k, v in d.items() if k != "state_file"})
-    outcome, info = Outcome.SUCCEEDED, {"steps": [], "outcome": None, "failures": []}
+    outcome = Outcome.SUCCEEDED
+    info: dict[str, Any] = {"steps": [], "outcome": None, "failures": []}
     try:
         if undo.completed:
             handlers = {"secret": _Secrets(plan), "emit": _Emitter(bus)}
