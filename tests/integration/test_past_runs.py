@@ -83,28 +83,45 @@ def patched(demo: DemoProject) -> tuple[DemoProject, dict[str, Any], str]:
     return demo, before, result.run_id
 
 
-def test_rollback_of_a_succeeded_run_restores_the_earlier_state(patched: tuple[DemoProject, dict[str, Any], str]) -> None:
-    demo, before, run_id = patched
+def cli(demo: DemoProject, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run([sys.executable, "-m", "technician_ops.cli", "--project", str(demo.root), *args],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=300)
 
-    result, sink = rollback(demo, run_id, yes=True)
+
+def test_rollback_restores_the_earlier_state_newest_run_first(patched: tuple[DemoProject, dict[str, Any], str]) -> None:
+    demo, before, first = patched
+    second = run_patch(demo)  # the same patch again: a newer succeeded run of the same runbook
+    assert second.outcome is Outcome.SUCCEEDED
+
+    # Undoing the older run first would clobber the newer one's change: refused, nothing changed.
+    with pytest.raises(past_runs.PastRunError, match=f"run {second.run_id} .* would also undo its changes") as info:
+        rollback(demo, first, yes=True)
+    assert info.value.hint is not None and f"roll back {second.run_id} first" in info.value.hint
+
+    # Newest first: the second through the CLI (--yes, JSON events), then the first through the API.
+    proc = cli(demo, "rollback", second.run_id, "--yes", "--skip-preflight", "--output", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert '"rollback_of": "%s"' % second.run_id in proc.stdout
+    result, sink = rollback(demo, first, yes=True)
 
     assert result.outcome is Outcome.SUCCEEDED and result.exit_code == ExitCode.OK, result
-    assert result.run_id != run_id
+    assert result.run_id != first
     assert hosts_state(demo) == before  # bytes and modes; tuning.conf is gone
     restored = [e.data for e in sink.events if e.kind is Kind.ARTIFACT and e.data.get("type") == "backup_restored"]
     assert sorted(r["host"] for r in restored) == list(WEB)
     with open_store(None, demo.root) as store:
         rec = store.get(result.run_id)
-        original = store.get(run_id)
+        original = store.get(first)
         assert store.verify().ok
-    assert rec["rollback_of"] == run_id and rec["action"] == "rollback" and rec["outcome"] == "succeeded"
+    assert rec["rollback_of"] == first and rec["action"] == "rollback" and rec["outcome"] == "succeeded"
     assert rec["runbook"] == "patch-web" and rec["rollback"]["outcome"] == "rolled_back"
     assert rec["rollback"]["planned"] == ["patch", "backup-config"]  # seed changed nothing: no undo, as in a run's own rollback
     assert original["outcome"] == "succeeded"  # the original record is never edited
 
     # A second rollback of the same run is refused: it was already undone.
     with pytest.raises(past_runs.PastRunError, match="already undone"):
-        rollback(demo, run_id, yes=True)
+        rollback(demo, first, yes=True)
 
 
 def test_rollback_refuses_a_run_that_did_not_succeed(demo: DemoProject) -> None:
@@ -119,79 +136,40 @@ def test_rollback_refuses_a_run_that_did_not_succeed(demo: DemoProject) -> None:
     assert hosts_state(demo) == before
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "delete"])
-def test_rollback_refuses_missing_or_corrupted_backups(patched: tuple[DemoProject, dict[str, Any], str], damage: str) -> None:
-    demo, _before, run_id = patched
-    victim = next(b for b in past_runs.list_backups(demo.project(), run_id) if b.host == "web2")
-    if damage == "corrupt":
-        with open(victim.path, "r+b") as fh:
-            fh.seek(100)
-            fh.write(b"X")
-    else:
-        os.unlink(victim.path)
-    listed = {b.host: b.status for b in past_runs.list_backups(demo.project(), run_id[:13])}
-    assert listed == {"web1": "ok", "web2": "corrupted" if damage == "corrupt" else "missing"}
-    patched_state = hosts_state(demo)
-
-    with pytest.raises(past_runs.PastRunError, match="missing or corrupted") as info:
-        rollback(demo, run_id, yes=True)
-
-    assert "web2" in info.value.message
-    assert hosts_state(demo) == patched_state  # nothing changed, web1 included
-    with open_store(None, demo.root) as store:
-        assert [r["run_id"] for r in store.history("patch-web")] == [run_id]  # no run was started
-
-
-def test_rollback_refuses_a_run_superseded_by_a_later_one(patched: tuple[DemoProject, dict[str, Any], str]) -> None:
-    demo, _before, first = patched
-    second = run_patch(demo)
-    assert second.outcome is Outcome.SUCCEEDED
-
-    with pytest.raises(past_runs.PastRunError, match=f"run {second.run_id} .* would also undo its changes") as info:
-        rollback(demo, first, yes=True)
-    assert info.value.hint is not None and f"roll back {second.run_id} first" in info.value.hint
-    # newest first works, and then the older one is no longer blocked
-    assert rollback(demo, second.run_id, yes=True)[0].outcome is Outcome.SUCCEEDED
-    assert rollback(demo, first, yes=True)[0].outcome is Outcome.SUCCEEDED
-
-
-def test_rollback_without_yes_and_without_a_terminal_is_refused(patched: tuple[DemoProject, dict[str, Any], str]) -> None:
+def test_refusals_change_nothing(patched: tuple[DemoProject, dict[str, Any], str]) -> None:
     demo, _before, run_id = patched
     patched_state = hosts_state(demo)
 
+    # No --yes and no terminal (API and CLI: exit 5), or a declined prompt.
     with pytest.raises(ApprovalMissing):
         rollback(demo, run_id, prompt=None)
     asked: list[str] = []
     with pytest.raises(ApprovalMissing, match="not confirmed"):
         rollback(demo, run_id, prompt=lambda what, text: bool(asked.append(text)))
     assert "backup-config (backup) on web1, web2" in asked[0]
-
-    assert hosts_state(demo) == patched_state
+    proc = cli(demo, "rollback", run_id)
+    assert proc.returncode == ExitCode.APPROVAL_MISSING and "--yes" in proc.stderr, proc.stderr
     with open_store(None, demo.root) as store:
         refused = [store.get(r["run_id"]) for r in store.history("patch-web") if r["outcome"] == "refused"]
-    assert len(refused) == 2 and all(r["rollback_of"] == run_id for r in refused)
+    assert len(refused) == 3 and all(r["rollback_of"] == run_id for r in refused)
 
-    # The same through the CLI, with no terminal on stdin: exit 5.
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.run([sys.executable, "-m", "technician_ops.cli", "--project", str(demo.root), "rollback", run_id],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == ExitCode.APPROVAL_MISSING, proc.stderr
-    assert "--yes" in proc.stderr
-    assert hosts_state(demo) == patched_state
-
-
-def test_cli_backups_list_and_rollback_yes(patched: tuple[DemoProject, dict[str, Any], str]) -> None:
-    demo, before, run_id = patched
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    base = [sys.executable, "-m", "technician_ops.cli", "--project", str(demo.root)]
-
-    listing = subprocess.run([*base, "backups", "list", run_id], capture_output=True, text=True, env=env, timeout=60)
+    listing = cli(demo, "backups", "list", run_id[:13])
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert len(lines) == 2 and all(run_id in l and "backup-config" in l and l.endswith(" ok") for l in lines)
 
-    proc = subprocess.run([*base, "rollback", run_id, "--yes", "--skip-preflight", "--output", "json"],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=180)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert '"rollback_of": "%s"' % run_id in proc.stdout
-    assert hosts_state(demo) == before
+    # A corrupted, then a missing backup of one host: refused before any host is touched.
+    victim = next(b for b in past_runs.list_backups(demo.project(), run_id) if b.host == "web2")
+    with open(victim.path, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"X")
+    for status in ("corrupted", "missing"):
+        listed = {b.host: b.status for b in past_runs.list_backups(demo.project(), run_id)}
+        assert listed == {"web1": "ok", "web2": status}
+        with pytest.raises(past_runs.PastRunError, match="missing or corrupted") as info:
+            rollback(demo, run_id, yes=True)
+        assert "web2" in info.value.message and "web1" not in info.value.message
+        assert hosts_state(demo) == patched_state
+        Path(victim.path).unlink(missing_ok=True)
+    with open_store(None, demo.root) as store:
+        assert {r["outcome"] for r in store.history("patch-web")} == {"succeeded", "refused"}  # no rollback started
