@@ -232,7 +232,8 @@ def run(request: RunRequest, project: Project, sinks: list[Sink], *, audit: Any 
         approvals = _Approvals(plan, request, bus)
         approvals.precheck()
         _resolve_vault_secrets(plan, request.environ)
-    except TechnicianOpsError as exc:  # bad parameters, approval missing, Vault down: nothing ran
+        _check_vault_access(plan)
+    except TechnicianOpsError as exc:  # bad parameters, approval missing, Vault refuses: nothing ran
         if audit is not None:
             audit.record_skipped(header, f"refused: {exc.message}", outcome="refused")
         raise
@@ -467,6 +468,28 @@ def _resolve_vault_secrets(plan: Plan, environ: dict[str, str] | None) -> None:
         from .vault import resolve_refs
 
         plan.params.update(resolve_refs(refs, env=environ))
+
+
+def _check_vault_access(plan: Plan) -> None:
+    """Every ``vault`` step's token capabilities, checked before any step runs.
+
+    The step checks again when it rotates; checking here too means a token
+    without permission fails the run (recorded ``refused``) with the path and
+    the missing capability before an earlier step has changed a host.  The
+    environment is this process's: the step's plugin (under ansible-runner)
+    sees the same.
+    """
+    secrets = [ps.step.spec["secret"] for ps in plan.steps if ps.kind.name == "vault"]
+    if secrets:
+        from .vault import VaultPermissionError
+        from .vault_step import check_access
+
+        try:
+            check_access(secrets, check=plan.check)
+        except VaultPermissionError:
+            raise
+        except TechnicianOpsError:
+            return  # Vault down or no credentials: the step itself fails, recorded as it always was
 
 
 def _redacted_params(plan: Plan) -> dict[str, Any]:

@@ -428,6 +428,93 @@ def audit_export_cmd(ctx: click.Context, fmt: str, out: str | None, audit_url: s
         store.close()
 
 
+@cli.group("backups")
+def backups_group() -> None:
+    """Backups kept for undoing runs."""
+
+
+@backups_group.command("list")
+@click.argument("run_id", required=False)
+@click.option("--no-verify", is_flag=True, help="Do not re-hash each artefact (faster for big dumps).")
+@click.pass_context
+def backups_list_cmd(ctx: click.Context, run_id: str | None, no_verify: bool) -> None:
+    """Stored backups, of one run or of all, with whether each still matches its sha256."""
+    import datetime as dt
+
+    from .past_runs import list_backups
+
+    rows = list_backups(_project(ctx.find_root()), run_id, verify=not no_verify)
+    if not rows:
+        click.echo("no backups stored")
+        return
+    for b in rows:
+        when = dt.datetime.fromtimestamp(b.created_at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{b.run_id}  {when}  {b.runbook:<24} {b.host:<12} {b.step:<20} {b.kind:<8} "
+                   f"{b.size:>10}  {b.sha256[:12]}  {b.status}")
+
+
+def _undo_command(ctx: click.Context, action: str, run_id: str, yes: bool, output: str, skip_preflight: bool,
+                  audit_url: str | None) -> None:
+    from .console import JsonView, TextView
+    from .past_runs import recover_run, rollback_run
+
+    project = _project(ctx, audit_url=audit_url)
+    view = TextView() if output == "text" else None
+    interactive = sys.stdin.isatty() and output == "text"
+
+    def prompt(what: str, text: str) -> bool:
+        click.echo(text)
+        return click.confirm(f"{what.capitalize()} now?", default=False)
+
+    from .audit import new_run_id
+
+    new_id = new_run_id()
+    sinks: list[Any] = [view] if view is not None else [JsonView(new_id)]
+    func = rollback_run if action == "rollback" else recover_run
+    store = _open_store(project)
+    try:
+        with _Cancel() as stop:
+            result = func(project, run_id, yes=yes, prompt=prompt if interactive else None, sinks=sinks, audit=store,
+                          skip_preflight=skip_preflight, cancelled=stop, new_run_id=new_id)
+    finally:
+        store.close()
+    raise SystemExit(int(result.exit_code))
+
+
+_UNDO_OPTIONS = [
+    click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal)."),
+    click.option("--output", "output", type=click.Choice(["text", "json"]), default="text", show_default=True),
+    click.option("--skip-preflight", is_flag=True, help="Do not check SSH reachability of the targets first."),
+    click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL"),
+]
+
+
+def _undo_options(func: Any) -> Any:
+    for option in reversed(_UNDO_OPTIONS):
+        func = option(func)
+    return func
+
+
+@cli.command("rollback")
+@click.argument("run_id")
+@_undo_options
+@click.pass_context
+def rollback_cmd(ctx: click.Context, run_id: str, yes: bool, output: str, skip_preflight: bool,
+                 audit_url: str | None) -> None:
+    """Undo an earlier succeeded run from its recorded backups and secret versions (its own run)."""
+    _undo_command(ctx, "rollback", run_id, yes, output, skip_preflight, audit_url)
+
+
+@cli.command("recover")
+@click.argument("run_id")
+@_undo_options
+@click.pass_context
+def recover_cmd(ctx: click.Context, run_id: str, yes: bool, output: str, skip_preflight: bool,
+                audit_url: str | None) -> None:
+    """Converge a killed (interrupted) run: resolve recorded intents, undo what it did (its own run)."""
+    _undo_command(ctx, "recover", run_id, yes, output, skip_preflight, audit_url)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the only place that turns errors into exit codes."""
     try:

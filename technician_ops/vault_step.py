@@ -136,6 +136,19 @@ def dry_run(step: str, secret: str, generator: Generator, emit: Emit,
     return record
 
 
+def check_access(secrets: list[str], *, check: bool = False, env: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`~technician_ops.vault.VaultPermissionError` (path and capability) unless the
+    token may do what the steps rotating ``secrets`` will do: read for a dry run, read, create
+    and update otherwise (plus read on the metadata path).  Writes nothing."""
+    if not secrets:
+        return
+    client = vault.connect(env)
+    needed = ("read",) if check else ("read", "create", "update")
+    for secret in secrets:
+        ref = vault.parse_ref(secret)
+        client.check_capabilities(ref.mount, ref.path, needed)
+
+
 def rotate(step: str, secret: str, generator: Generator, emit: Emit,
            env: Mapping[str, str] | None = None) -> Rotation:
     """Write a new value for ``secret``: intent recorded first, then a CAS write.
@@ -240,6 +253,6 @@ def describe(exc: BaseException) -> str:
 
 
 __all__ = [
-    "Generator", "Undo", "VaultStepError", "describe", "dry_run",
+    "Generator", "Undo", "VaultStepError", "check_access", "describe", "dry_run",
     "read_state", "roll_back", "rotate", "state_file", "write_state",
 ]
