@@ -105,7 +105,8 @@ class ActionModule(ActionBase):
         primary, standby = str(args["primary"]), str(args["standby"])
         db = self._db(args)
         seen = pgfailover.probe(primary, _address(task_vars, primary), **db)
-        host_result = args.get("status") if isinstance(args.get("status"), dict) else {}
+        status = args.get("status")
+        host_result: dict[str, Any] = status if isinstance(status, dict) else {}
         allow = bool(args.get("allow_data_loss"))
         approved_by = str(args.get("approved_by") or "").strip()
         fence = pgfailover.decide_fence(primary, host_result, seen, allow_data_loss=allow, approved_by=approved_by)
