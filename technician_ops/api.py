@@ -395,8 +395,12 @@ def _roll_back(plan: Plan, tracker: Any, failed: str | None, pdd: Path, inventor
 
 def run_undo(completed: list[tuple[PlanStep, list[str]]], playbook: Path, pdd: Path, inventories: list[Path],
              env: dict[str, str], bus: Bus, redactor: Redactor,
-             cancelled: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
-    """Run the undo playbook (already written) as one execution; return every host that did not come back clean."""
+             cancelled: Callable[[], bool] | None = None, *, exact_hosts: bool = True) -> list[dict[str, Any]]:
+    """Run the undo playbook (already written) as one execution; return every host that did not come back clean.
+
+    ``exact_hosts``: the host lists are host names (not patterns), so a host
+    the undo never reached is a failure too.
+    """
     from .executor import StepTracker, execute
 
     tracker = StepTracker(bus, {f"undo:{ps.name}": ps.name for ps, _ in completed}, "rollback", redactor,
@@ -411,7 +415,7 @@ def run_undo(completed: list[tuple[PlanStep, list[str]]], playbook: Path, pdd: P
         for host, agg in run.hosts.items():
             if agg.status.value in ("failed", "unreachable") or agg.ignored_errors:
                 failures.append({"step": ps.name, "host": host, "error": agg.error or agg.status.value})
-        for host in hosts:
+        for host in hosts if exact_hosts else []:
             if host not in run.hosts:
                 failures.append({"step": ps.name, "host": host, "error": "host not reached by the undo"})
     if result.rc not in (0, 2, 4) and not failures:

@@ -527,7 +527,8 @@ def _run_undo(undo: _Undo, pdd: Path, playbook: Path, inventories: list[Path], e
 
     order = [ps.name for ps, _ in reversed(undo.completed)]
     bus.emit(Kind.ROLLBACK_START, steps=order)
-    failures = run_undo(undo.completed, playbook, pdd, inventories, env, bus, redactor, cancelled)
+    # The recorded hosts of an interrupted run may be patterns, not names.
+    failures = run_undo(undo.completed, playbook, pdd, inventories, env, bus, redactor, cancelled, exact_hosts=False)
     if cancelled and cancelled():
         outcome = Outcome.INTERRUPTED
     else:
