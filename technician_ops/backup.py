@@ -19,6 +19,8 @@ step.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -27,7 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,15 +191,29 @@ class BackupStore:
             created_at=time.time(),
             details=dict(details or {}),
         )
-        index = self._read_index(run_id)
-        if index.get("runbook") not in (None, runbook):
-            raise BackupError(f"run {run_id} already holds backups of runbook {index['runbook']}, not {runbook}")
-        index["runbook"] = runbook
-        index["created_at"] = index.get("created_at") or rec.created_at
-        index["backups"] = [b for b in index["backups"] if (b["host"], b["name"]) != (host, name)]
-        index["backups"].append(rec.to_record())
-        self._write_index(run_id, index)
+        # Every host's backup is recorded by its own Ansible worker process,
+        # at the same moment: the index update is serialised with a file lock.
+        with self._index_lock(run_id):
+            index = self._read_index(run_id)
+            if index.get("runbook") not in (None, runbook):
+                raise BackupError(f"run {run_id} already holds backups of runbook {index['runbook']}, not {runbook}")
+            index["runbook"] = runbook
+            index["created_at"] = index.get("created_at") or rec.created_at
+            index["backups"] = [b for b in index["backups"] if (b["host"], b["name"]) != (host, name)]
+            index["backups"].append(rec.to_record())
+            self._write_index(run_id, index)
         return rec
+
+    @contextlib.contextmanager
+    def _index_lock(self, run_id: str) -> Iterator[None]:
+        self._mkdir_private(self.run_dir(run_id))
+        path = self.run_dir(run_id) / ".index.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the lock
 
     def list(self, run_id: str | None = None) -> list[BackupRecord]:
         """Recorded artefacts, of one run or of all runs (oldest run first)."""

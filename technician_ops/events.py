@@ -9,6 +9,7 @@ is a stable, versioned schema (docs/events.md): add fields, never rename.
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -83,6 +84,7 @@ class Bus:
     def __init__(self, sinks: list[Sink] | None = None, redactor: Any = None) -> None:
         self.sinks: list[Sink] = list(sinks or [])
         self.redactor = redactor  # anything with .obj(data): applied before any sink sees the event
+        self._lock = threading.RLock()
 
     def add(self, sink: Sink) -> None:
         self.sinks.append(sink)
@@ -91,8 +93,11 @@ class Bus:
         if self.redactor:
             data = self.redactor.obj(data)
         event = Event(kind, data)
-        for sink in self.sinks:
-            sink.handle(event)
+        # Our plugins emit from the control server's threads while the main
+        # thread emits ansible's events: sinks see one event at a time.
+        with self._lock:
+            for sink in self.sinks:
+                sink.handle(event)
         return event
 
 

@@ -91,3 +91,26 @@ def test_one_run_belongs_to_one_runbook(tmp_path: Path) -> None:
     _put(store, "r1", "h", "a", "rb-one")
     with pytest.raises(BackupError, match="already holds backups of runbook rb-one"):
         _put(store, "r1", "h", "b", "rb-two")
+
+
+def _record_many(root: str, host: str) -> None:
+    store = BackupStore(Path(root))
+    for i in range(20):
+        _put(store, "run-1", host, f"b{i}.tar", "patch-web", data=f"{host}-{i}".encode())
+
+
+def test_hosts_recording_at_once_lose_no_entry(tmp_path: Path) -> None:
+    """Each host's backup is recorded by its own Ansible worker process, concurrently."""
+    import multiprocessing
+
+    root = tmp_path / "backups"
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_record_many, args=(str(root), f"web{n}")) for n in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    entries = BackupStore(root).list("run-1")
+    assert len(entries) == 80
+    assert {e.host for e in entries} == {"web0", "web1", "web2", "web3"}
