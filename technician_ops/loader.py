@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from . import kinds
+from . import kinds, yamlio
 from .attrs import AttrError, parse_attrs, split_info
 from .errors import Diagnostic, NotFound, RunbookError
 from .model import Param, Runbook, Step
@@ -154,8 +154,8 @@ def _front_matter(text: str, out: _Collector) -> tuple[dict[str, Any] | None, di
         return None, {}, text
     fm = "\n".join(lines[1:end])
     try:
-        node = yaml.compose(fm)
-        meta = yaml.safe_load(fm)
+        node = yamlio.compose(fm)
+        meta = yamlio.load(fm)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or "malformed YAML"
