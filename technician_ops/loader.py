@@ -6,6 +6,7 @@ carrying all diagnostics; ``lint`` returns them (warnings too).
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -247,12 +248,18 @@ def _secrets(meta: dict[str, Any], lines: dict[str, int], params: dict[str, Para
     return tuple(str(n) for n in names)
 
 
+@functools.lru_cache(maxsize=1)
+def _markdown() -> Any:
+    """One CommonMark parser per process: building one costs more than parsing a runbook."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark")
+
+
 def _steps(
     body: str, meta: dict[str, Any], params: dict[str, Param], root: Path, out: _Collector, *, strict: bool
 ) -> tuple[list[Step], dict[str, Step]]:
-    from markdown_it import MarkdownIt
-
-    tokens = MarkdownIt("commonmark").parse(body)
+    tokens = _markdown().parse(body)
     steps: list[Step] = []
     undo_blocks: list[Step] = []
     names: dict[str, int] = {}
