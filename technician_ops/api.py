@@ -424,14 +424,15 @@ def _check_targets(plan: Plan, inventory: Any) -> None:
 
 def _preflight(plan: Plan, inventory: Any) -> None:
     """Every SSH target answers and authenticates before anything changes."""
-    from . import preflight
-
     names: list[str] = []
     for ps in plan.steps:
         if not ps.kind.controller and ps.kind.name != "playbook":
             names.extend(h for h in inventory.hosts(ps.hosts) if h not in names)
+    names = [h for h in names if inventory.may_use_ssh(h)]
     if names:
-        specs = preflight.hosts_from_inventory(list(inventory.paths), ":".join(names))
+        from . import preflight
+
+        specs = inventory.preflight_specs(":".join(names))
         if specs:
             preflight.ensure_reachable(specs)
 
