@@ -237,6 +237,11 @@ class BenchProject:
         return timed(tool("--project", str(self.root), "run", "bench", "--output", "json", "--yes"),
                      cwd=self.root, env=child_env())
 
+    def run_accelerated(self) -> float:
+        """``run --accelerate``: mitogen's strategy (opt-in; the tool falls back to linear if unusable)."""
+        return timed(tool("--project", str(self.root), "run", "bench", "--output", "json", "--yes", "--accelerate"),
+                     cwd=self.root, env=child_env())
+
     def run_raw(self) -> float:
         """The very playbook ``compile`` wrote, its ansible.cfg and both inventories."""
         env = child_env(ANSIBLE_CONFIG=str(self.compiled / "ansible.cfg"))
@@ -283,9 +288,18 @@ def bench_defaults_vs_naive(base: Path, n: int, reps: int, forks: list[int], log
     for f in forks:  # the compiled playbook with another forks, to size a cheap config change
         sides[f"raw_forks_{f}"] = functools.partial(proj.run_raw_forks, f)
     sides["raw"] = proj.run_raw
+    from technician_ops import accelerate
+
+    usable = accelerate.check()
+    if usable.usable:  # not a target: how much the opt-in mode buys on the same hosts
+        sides["accelerate"] = proj.run_accelerated
     samples = interleave(sides, reps)
     result = {"hosts": n, **_pair(samples, "run", "naive")}
     result["raw_s"] = round(statistics.median(samples["raw"]), 4)
+    if "accelerate" in samples:
+        result["accelerate_s"] = round(statistics.median(samples["accelerate"]), 4)
+    else:
+        result["accelerate_skipped"] = usable.reason
     for f in forks:
         result[f"raw_forks_{f}_s"] = round(statistics.median(samples[f"raw_forks_{f}"]), 4)
     return result
@@ -587,6 +601,11 @@ def markdown(results: dict[str, Any]) -> str:
         extra = ", ".join(f"{k.replace('_s', '')} {v} s" for k, v in d.items() if k.startswith("raw_forks_"))
         lines.append(f"- defaults vs naive, {d['hosts']} host(s): run {d['run_s']} s, naive {d['naive_s']} s, "
                      f"raw {d['raw_s']} s, ratio {d['ratio']}" + (f"; compiled playbook with {extra}" if extra else ""))
+        if "accelerate_s" in d:
+            lines.append(f"- run --accelerate (mitogen), {d['hosts']} host(s): {d['accelerate_s']} s "
+                         f"({d['accelerate_s'] / d['raw_s']:.3f}x raw, {d['accelerate_s'] / d['naive_s']:.3f}x naive)")
+        elif "accelerate_skipped" in d:
+            lines.append(f"- run --accelerate: not measured ({d['accelerate_skipped']})")
     s = results.get("startup")
     if s:
         lines.append(f"- start-up: python -c pass {s['python_ms']} ms, --help {s['help_ms']} ms, list {s['list_ms']} ms, "

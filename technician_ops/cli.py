@@ -143,6 +143,8 @@ def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tu
 @click.option("--strict", is_flag=True, help="Refuse a runbook with warnings.")
 @click.option("--wait-lock", type=float, default=0.0, metavar="SECONDS", help="Wait for the runbook's lock instead of exiting 75.")
 @click.option("--skip-preflight", is_flag=True, help="Do not check SSH reachability of the targets first.")
+@click.option("--accelerate/--no-accelerate", default=None, envvar="TECHNICIAN_OPS_ACCELERATE",
+              help="Run under mitogen's strategy (opt-in; falls back to linear with a notice if unsupported).")
 @click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL", help="Audit store (postgresql://...). Default: SQLite in .technician-ops/.")
 @click.option("--junit", "junit", type=click.Path(dir_okay=False), help="Write a JUnit XML report (one testcase per step).")
 @click.option("--metrics-file", envvar="TECHNICIAN_OPS_METRICS_FILE", type=click.Path(dir_okay=False),
@@ -152,7 +154,7 @@ def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tu
 @click.pass_context
 def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: tuple[str, ...], check: bool, yes: bool,
             approve: tuple[str, ...], output: str, strict: bool, wait_lock: float, skip_preflight: bool,
-            audit_url: str | None, junit: str | None, metrics_file: str | None, notify_url: str | None) -> None:
+            accelerate: bool | None, audit_url: str | None, junit: str | None, metrics_file: str | None, notify_url: str | None) -> None:
     """Run a runbook: steps in order, undo on failure, one audit record."""
     from .api import RunRequest, run
     from .console import JsonView, TextView
@@ -175,7 +177,7 @@ def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: t
     stop = _Cancel()
     request = RunRequest(name, parse_assignments(params), check=check, yes=yes, approve=approve, strict=strict,
                          prompt=prompt if interactive else None, wait_lock=wait_lock, skip_preflight=skip_preflight,
-                         run_id=run_id)
+                         run_id=run_id, accelerate=accelerate)
     report = _Reports(name, project, junit, metrics_file, notify_url)
     sinks.extend(report.sinks())
     store = _open_store(project)

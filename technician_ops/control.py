@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 ENV_SOCKET = "TECHNICIAN_OPS_CONTROL_SOCKET"
 ENV_TOKEN = "TECHNICIAN_OPS_CONTROL_TOKEN"
+# How often serve_forever checks for shutdown: the default 0.5 s made every run wait ~0.25 s at its end.
+_POLL = 0.02
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -57,7 +59,7 @@ class ControlServer:
 
         self._server = socketserver.ThreadingUnixStreamServer(str(self.path), _Request)
         os.chmod(self.path, 0o600)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="technician-ops-control", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(_POLL,), name="technician-ops-control", daemon=True)
         self._thread.start()
         return self
 

@@ -13,12 +13,17 @@ from typing import Any
 
 from .errors import ConfigError
 
+# Connection plugins that reach the host over SSH (and so can be preflighted).
+SSH_CONNECTIONS = frozenset({"ssh", "paramiko", "paramiko_ssh", "smart", "ansible.builtin.ssh",
+                             "ansible.builtin.paramiko_ssh", "ansible.legacy.ssh"})
+
 
 @dataclass
 class Inventory:
     paths: tuple[Path, ...]
     _manager: Any
     _variables: Any
+    _loader: Any = None
 
     def hosts(self, pattern: str) -> list[str]:
         return [str(h.name) for h in self._manager.get_hosts(pattern=pattern)]
@@ -31,6 +36,26 @@ class Inventory:
         if host is None:
             return {}
         return dict(self._variables.get_vars(host=host, include_hostvars=False))
+
+    def may_use_ssh(self, name: str) -> bool:
+        """False only when the host's connection is plainly not SSH (``local``, ``docker``...).
+
+        Lets ``run`` skip preflight, and importing paramiko (~0.1 s), when no
+        target could need it.  A templated connection counts as SSH: preflight
+        renders it and decides.
+        """
+        connection = self.host_vars(name).get("ansible_connection")
+        if connection is None or "{" in str(connection):
+            return True
+        return str(connection) in SSH_CONNECTIONS
+
+    def preflight_specs(self, pattern: str) -> list[Any]:
+        """``preflight.HostSpec`` of the SSH hosts matching ``pattern``, from this already-loaded inventory."""
+        from . import preflight
+
+        loader = self._loader if self._loader is not None else self._variables._loader
+        return preflight.hosts_from_manager(self._manager, self._variables, loader, pattern,
+                                            what=", ".join(map(str, self.paths)))
 
     def local_hosts_without_python(self) -> list[str]:
         out = []
@@ -51,4 +76,4 @@ def load(paths: tuple[Path, ...]) -> Inventory:
 
     loader = DataLoader()
     manager = InventoryManager(loader=loader, sources=[str(p) for p in paths])
-    return Inventory(paths, manager, VariableManager(loader=loader, inventory=manager))
+    return Inventory(paths, manager, VariableManager(loader=loader, inventory=manager), loader)

@@ -6,13 +6,14 @@ carrying all diagnostics; ``lint`` returns them (warnings too).
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import kinds
+from . import kinds, yamlio
 from .attrs import AttrError, parse_attrs, split_info
 from .errors import Diagnostic, NotFound, RunbookError
 from .model import Param, Runbook, Step
@@ -154,8 +155,8 @@ def _front_matter(text: str, out: _Collector) -> tuple[dict[str, Any] | None, di
         return None, {}, text
     fm = "\n".join(lines[1:end])
     try:
-        node = yaml.compose(fm)
-        meta = yaml.safe_load(fm)
+        node = yamlio.compose(fm)
+        meta = yamlio.load(fm)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or "malformed YAML"
@@ -247,12 +248,18 @@ def _secrets(meta: dict[str, Any], lines: dict[str, int], params: dict[str, Para
     return tuple(str(n) for n in names)
 
 
+@functools.lru_cache(maxsize=1)
+def _markdown() -> Any:
+    """One CommonMark parser per process: building one costs more than parsing a runbook."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark")
+
+
 def _steps(
     body: str, meta: dict[str, Any], params: dict[str, Param], root: Path, out: _Collector, *, strict: bool
 ) -> tuple[list[Step], dict[str, Step]]:
-    from markdown_it import MarkdownIt
-
-    tokens = MarkdownIt("commonmark").parse(body)
+    tokens = _markdown().parse(body)
     steps: list[Step] = []
     undo_blocks: list[Step] = []
     names: dict[str, int] = {}

@@ -30,14 +30,12 @@ from typing import Any
 import paramiko
 
 from technician_ops.errors import ConfigError, DependencyUnavailable
+from technician_ops.inventory import SSH_CONNECTIONS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_KNOWN_HOSTS = (Path("~/.ssh/known_hosts"), Path("/etc/ssh/ssh_known_hosts"))
-# Connection plugins that reach the host over SSH and so can be checked here.
-SSH_CONNECTIONS = frozenset({"ssh", "paramiko", "paramiko_ssh", "smart", "ansible.builtin.ssh",
-                             "ansible.builtin.paramiko_ssh", "ansible.legacy.ssh"})
 
 
 class Reason(enum.Enum):
@@ -241,7 +239,6 @@ def hosts_from_inventory(inventory_path: Path | str | Iterable[Path | str], patt
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
-    from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
     sources = [str(inventory_path)] if isinstance(inventory_path, (str, Path)) else [str(p) for p in inventory_path]
@@ -252,9 +249,26 @@ def hosts_from_inventory(inventory_path: Path | str | Iterable[Path | str], patt
     try:
         inventory = InventoryManager(loader=loader, sources=sources)
         variables = VariableManager(loader=loader, inventory=inventory)
-        matched = inventory.get_hosts(pattern)
     except AnsibleError as exc:
         raise ConfigError(f"cannot read inventory {', '.join(sources)}: {exc}") from None
+    return hosts_from_manager(inventory, variables, loader, pattern, what=", ".join(sources))
+
+
+def hosts_from_manager(inventory: Any, variables: Any, loader: Any, pattern: str, *, what: str = "inventory") -> list[HostSpec]:
+    """``hosts_from_inventory`` over an inventory the caller has already loaded.
+
+    ``run`` loads the inventory anyway (to check the targets); parsing it a
+    second time here cost a run ~30 ms plus a second pass over every source.
+    ``inventory``, ``variables`` and ``loader`` are Ansible's
+    ``InventoryManager``, ``VariableManager`` and ``DataLoader``.
+    """
+    from ansible.errors import AnsibleError
+    from ansible.template import Templar
+
+    try:
+        matched = inventory.get_hosts(pattern)
+    except AnsibleError as exc:
+        raise ConfigError(f"cannot read inventory {what}: {exc}") from None
 
     specs = []
     for host in matched:

@@ -69,6 +69,11 @@ class ChainRow:
     # The body's SUMMARY_FIELDS as the database extracted them (in C, much
     # faster than json.loads per record); None: parse body_text here.
     body_fields: dict[str, Any] | None = None
+    # True: the database already found the body's summary fields equal to the
+    # columns (store-side comparison, see AuditStore._chain_sql); only the
+    # links and the hash are left to check here.  A row it could not confirm
+    # comes with False and is checked field by field, for the exact reason.
+    fields_verified: bool = False
 
 
 class ChainBreak(Exception):
@@ -99,24 +104,52 @@ class ChainWalker:
         self.checked = 0
 
     def feed(self, row: ChainRow) -> None:
-        if row.seq != self.expected:
-            if row.seq > self.expected:
-                missing = (f"seq {self.expected}" if row.seq == self.expected + 1
-                           else f"seqs {self.expected}..{row.seq - 1}")
-                raise ChainBreak(self.expected, row.run_id,
+        if row.fields_verified:
+            self.feed_verified(row.seq, row.run_id, row.prev_hash, row.hash, row.body_text)
+            return
+        self._check_link(row.seq, row.run_id, row.prev_hash, row.hash, row.body_text)
+        self._check_body(row)
+        self._accept(row.run_id, row.hash)
+
+    def feed_verified(self, seq: int, run_id: str, prev_hash: str, digest: str, body_text: str) -> None:
+        """A row whose body fields the database already matched to its columns.
+
+        The same as ``feed(ChainRow(..., fields_verified=True))`` without
+        building a ChainRow: at 100,000 rows the object was ~10 % of verify.
+        """
+        self._check_link(seq, run_id, prev_hash, digest, body_text)
+        self._accept(run_id, digest)
+
+    def _check_link(self, seq: int, run_id: str, prev_hash: str, digest: str, body_text: str) -> None:
+        if seq != self.expected:
+            if seq > self.expected:
+                missing = (f"seq {self.expected}" if seq == self.expected + 1
+                           else f"seqs {self.expected}..{seq - 1}")
+                raise ChainBreak(self.expected, run_id,
                                  f"{missing} missing: record deleted (chain jumps from seq "
-                                 f"{self.expected - 1} to {row.seq}, run {row.run_id})")
-            raise ChainBreak(row.seq, row.run_id, f"duplicate seq {row.seq}: record inserted")
-        if self.head_seq is not None and row.seq > self.head_seq:
-            raise ChainBreak(row.seq, row.run_id,
+                                 f"{self.expected - 1} to {seq}, run {run_id})")
+            raise ChainBreak(seq, run_id, f"duplicate seq {seq}: record inserted")
+        if self.head_seq is not None and seq > self.head_seq:
+            raise ChainBreak(seq, run_id,
                              f"record beyond the chain head (head is seq {self.head_seq}): "
                              "inserted without going through the store")
-        if row.prev_hash != self.prev_hash:
-            raise ChainBreak(row.seq, row.run_id,
-                             f"broken link: prev_hash does not match the hash of seq {row.seq - 1}",
-                             link_broken=True, wanted_prev=row.prev_hash)
-        if chain_hash(row.prev_hash, row.body_text) != row.hash:
-            raise ChainBreak(row.seq, row.run_id, "record edited: its content does not match its hash")
+        if prev_hash != self.prev_hash:
+            raise ChainBreak(seq, run_id,
+                             f"broken link: prev_hash does not match the hash of seq {seq - 1}",
+                             link_broken=True, wanted_prev=prev_hash)
+        if chain_hash(prev_hash, body_text) != digest:
+            raise ChainBreak(seq, run_id, "record edited: its content does not match its hash")
+
+    def _accept(self, run_id: str, digest: str) -> None:
+        self.prev_hash = digest
+        self.prev_run_id = run_id
+        self.last_hash = digest
+        self.expected += 1
+        self.checked += 1
+
+    @staticmethod
+    def _check_body(row: ChainRow) -> None:
+        """The hashed body agrees with the row's seq, run_id and summary columns."""
         if row.body_fields is not None:
             body: Any = row.body_fields
         else:
@@ -134,11 +167,6 @@ class ChainWalker:
                 if body.get(name) != value:
                     raise ChainBreak(row.seq, row.run_id,
                                      f"record edited: column {name!r} disagrees with the hashed record")
-        self.prev_hash = row.hash
-        self.prev_run_id = row.run_id
-        self.last_hash = row.hash
-        self.expected += 1
-        self.checked += 1
 
     @property
     def last_seq(self) -> int:

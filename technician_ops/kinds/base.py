@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from .. import yamlio
 from ..model import Runbook, Step
 
 # Modules that only read: a task list made of these needs no undo.
@@ -102,7 +103,7 @@ class StepKind:
 
 def load_yaml_body(body: str) -> Any:
     try:
-        return yaml.safe_load(body) if body.strip() else None
+        return yamlio.load(body) if body.strip() else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -112,7 +113,7 @@ def load_yaml_body(body: str) -> Any:
 def task_lines(body: str) -> list[int]:
     """0-based line of each top-level list item, for errors about one task."""
     try:
-        node = yaml.compose(body)
+        node = yamlio.compose(body)
     except yaml.YAMLError:
         return []
     if isinstance(node, yaml.SequenceNode):

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from .. import yamlio
 from ..model import Step
 from .base import TASK_KEYWORDS, BodyError, CompileContext, StepKind, load_yaml_body
 
@@ -45,7 +46,7 @@ def result_var(step: Step) -> str:
 def _key_lines(body: str) -> dict[str, int]:
     """0-based line of each top-level key and of each item of apply/verify."""
     try:
-        node = yaml.compose(body)
+        node = yamlio.compose(body)
     except yaml.YAMLError:
         return {}
     lines: dict[str, int] = {}

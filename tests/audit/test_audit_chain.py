@@ -155,3 +155,22 @@ def test_running_runs_are_not_exported(store: AuditStore) -> None:
     store.start_run(make_header())
     buf = io.StringIO()
     assert store.export_jsonl(buf) == 1
+
+
+@pytest.mark.parametrize("column, value", [("check_run", 1), ("ended_at", None), ("runbook", "rb-x")])
+def test_every_summary_column_edit_is_named(backend: Backend, store: AuditStore, chain: list[dict],
+                                            column: str, value: object) -> None:
+    """The database-side comparison (SQLite) and the Python one agree on which column was edited."""
+    backend.raw(f"UPDATE runs SET {column} = ? WHERE seq = 3", value)
+    result = store.verify()
+    assert not result.ok and result.first_bad_seq == 3 and result.checked == 2
+    name = {"check_run": "check"}.get(column, column)
+    assert f"column {name!r}" in (result.reason or "")
+
+
+def test_text_that_json_renders_differently_still_verifies(store: AuditStore) -> None:
+    """Non-ASCII, quotes and escapes in the summary fields: equal values, whatever their JSON spelling."""
+    finished_run(store, "café-ü \"quoted\" \\ back\\slash\ttab ☃")
+    finished_run(store, "plain")
+    result = store.verify()
+    assert result.ok and result.checked == 2
