@@ -221,7 +221,7 @@ class BenchProject:
             hosts[name] = {"state_dir": str(state)}
         import yaml
 
-        # A group, not ``all``: the controller inventory adds ``localhost`` to ``all``.
+        # A group of its own, so the bench inventory can grow other hosts without changing the runbook.
         inv = {"all": {"vars": {"ansible_connection": "local"}, "children": {"bench": {"hosts": hosts}}}}
         self.inventory = self.root / "inventory" / "hosts.yml"
         self.inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
