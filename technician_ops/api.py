@@ -106,7 +106,7 @@ def write_plan(plan: Plan, directory: Path, state_dir: Path, local_hosts: list[s
     write_private(files["playbook"], header + dump_yaml(plan.playbook()))
     write_private(files["params"], params_file(plan))
     write_private(files["config"], ansible_cfg(plan, state_dir, accelerate=accelerate))
-    write_private(files["inventory"], controller_inventory(local_hosts or []))
+    write_private(files["inventory"], controller_inventory(local_hosts or [], accelerate=accelerate is not None))
     return files
 
 

@@ -117,3 +117,12 @@ def test_ansible_cfg_is_explicit(tmp_path: Path) -> None:
     for line in ("gathering = explicit", "retry_files_enabled = False", "host_key_checking = True", "pipelining = True"):
         assert line in cfg
     assert "localhost" not in files["inventory"].read_text()  # implicit localhost: never matches "all"
+
+
+def test_accelerated_runs_detect_dead_hosts_as_fast_as_ssh() -> None:
+    from technician_ops.compiler import controller_inventory
+
+    plain = yaml.safe_load(controller_inventory(["web1"]))
+    assert "vars" not in plain["all"] and plain["all"]["hosts"]["web1"]["ansible_python_interpreter"]
+    fast = yaml.safe_load(controller_inventory([], accelerate=True))
+    assert fast["all"]["vars"] == {"mitogen_ssh_keepalive_interval": 5, "mitogen_ssh_keepalive_count": 3}
