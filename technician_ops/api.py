@@ -20,6 +20,7 @@ from . import loader
 from .compiler import Plan, PlanStep, ansible_cfg, build_plan, controller_inventory, dump_yaml, params_file
 from .errors import ApprovalMissing, ConfigError, ExitCode, ParameterError, TechnicianOpsError
 from .events import Bus, Kind, Outcome, Sink, StepStatus
+from .fsutil import atomic_write
 from .model import Runbook
 from .params import bind
 from .project import Project, ensure_private_dir
@@ -111,11 +112,8 @@ def write_plan(plan: Plan, directory: Path, state_dir: Path, local_hosts: list[s
 
 
 def write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """A generated file only we may read (0600); run inputs need no fsync."""
+    atomic_write(path, text.encode("utf-8"), mode=0o600, fsync=False)
 
 
 def compile_runbook(name: str, project: Project, out_dir: Path, raw_params: dict[str, str], *, check: bool = False) -> dict[str, Path]:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import ConfigError
 from .events import Outcome
+from .fsutil import atomic_write
 
 PREFIX = "technician_ops_last_"
 OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.RUNNING)
@@ -129,20 +129,7 @@ def _number(value: float) -> str:
 
 
 def _write_atomic(target: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # the node exporter usually runs as another user
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(target, text.encode("utf-8"), mode=0o644)  # the node exporter usually runs as another user
 
 
 def runbooks_in(path: str | os.PathLike[str]) -> Iterable[str]:

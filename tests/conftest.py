@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-pytest_plugins = ["tests.support.testbed"]
+pytest_plugins = ["tests.support.testbed", "tests.support.openbao"]
 
 
 class DemoProject:

