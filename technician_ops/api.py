@@ -289,7 +289,7 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
 def _execute_plan(plan: Plan, project: Project, bus: Bus, header: dict[str, Any], approvals: _Approvals, audit: Any,
                   cancelled: Callable[[], bool] | None, started: float, redactor: Redactor, pdd: Path,
                   files: dict[str, Path], notices: list[str]) -> RunResult:
-    from .control import ControlServer
+    from .control import ENV_RUN_ID, ENV_STATE_DIR, ControlServer
     from .executor import StepTracker, execute
 
     run_id = header["run_id"]
@@ -310,7 +310,7 @@ def _execute_plan(plan: Plan, project: Project, bus: Bus, header: dict[str, Any]
     try:
         handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"approve": approvals, "secret": SecretsHandler(plan), "emit": Emitter(bus)}
         with ControlServer(handlers) as control:
-            env = {**control.env, "TECHNICIAN_OPS_RUN_ID": run_id, "TECHNICIAN_OPS_STATE_DIR": str(project.state_dir),
+            env = {**control.env, ENV_RUN_ID: run_id, ENV_STATE_DIR: str(project.state_dir),
                    "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}
             result = execute(pdd, files["playbook"], inventories, tracker, ident="run", check=plan.check,
                              envvars=env, timeout=plan.runbook.timeout, cancel=cancelled)

@@ -20,6 +20,10 @@ from typing import Any, Callable
 
 ENV_SOCKET = "TECHNICIAN_OPS_CONTROL_SOCKET"
 ENV_TOKEN = "TECHNICIAN_OPS_CONTROL_TOKEN"
+ENV_RUN_ID = "TECHNICIAN_OPS_RUN_ID"
+ENV_STATE_DIR = "TECHNICIAN_OPS_STATE_DIR"
+NOT_UNDER_RUN = ("not running under technician-ops: TECHNICIAN_OPS_STATE_DIR/RUN_ID are not set "
+                 "(run this playbook with 'technician-ops run')")
 # How often serve_forever checks for shutdown: the default 0.5 s made every run wait ~0.25 s at its end.
 _POLL = 0.02
 
@@ -76,6 +80,12 @@ class ControlServer:
             self._dir.rmdir()
         except OSError:
             pass
+
+
+def run_context() -> tuple[Path, str] | None:
+    """(state dir, run id) of the run our plugins execute in, or None outside a run."""
+    state_dir, run_id = os.environ.get(ENV_STATE_DIR), os.environ.get(ENV_RUN_ID)
+    return (Path(state_dir), run_id) if state_dir and run_id else None
 
 
 def call(op: str, **payload: Any) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import loader
 from .compiler import Plan, PlanStep, build_plan, dump_yaml
+from .control import ENV_RUN_ID, ENV_STATE_DIR
 from .errors import ApprovalMissing, ExitCode, NotFound, ParameterError, TechnicianOpsError
 from .events import Bus, Kind, Outcome, Sink
 from .params import bind
@@ -379,7 +380,7 @@ def _check_vault(undo: _Undo, project: Project) -> None:
     from . import vault_step
 
     keep: list[tuple[PlanStep, list[str]]] = []
-    env = {"TECHNICIAN_OPS_RUN_ID": undo.record["run_id"], "TECHNICIAN_OPS_STATE_DIR": str(project.state_dir)}
+    env = {ENV_RUN_ID: undo.record["run_id"], ENV_STATE_DIR: str(project.state_dir)}
     for ps, hosts in undo.completed:
         if ps.kind.name != "vault":
             keep.append((ps, hosts))
@@ -488,7 +489,7 @@ def _execute(undo: _Undo, project: Project, header: dict[str, Any], bus: Bus, au
                                                         "origin", "started_at", "action", "rollback_of")})
     for notice in undo.notices:
         bus.emit(Kind.NOTICE, level="warning", message=notice)
-    state_env = {"TECHNICIAN_OPS_RUN_ID": orig_id, "TECHNICIAN_OPS_STATE_DIR": str(project.state_dir)}
+    state_env = {ENV_RUN_ID: orig_id, ENV_STATE_DIR: str(project.state_dir)}
     for d in undo.vault:
         if "set" in d:  # the recovery's decision becomes the state file the undo reads
             path = Path(d["state_file"])

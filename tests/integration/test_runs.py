@@ -109,7 +109,7 @@ def test_check_mode_changes_nothing(demo) -> None:  # type: ignore[no-untyped-de
     # write-config would change, verify (a check) really ran and failed: no app.conf
     statuses = {e["step"]: e["status"] for e in events if e["event"] == "step_end"}
     assert statuses["state-dir-present"] == "succeeded"
-    assert result.outcome in (Outcome.FAILED, Outcome.SUCCEEDED)
+    assert result.outcome is Outcome.FAILED and result.failed_step == "verify"  # nothing was written to verify
     assert not [e for e in events if e["event"] == "rollback_start"]
 
 

@@ -10,19 +10,9 @@ dumps the database on the controller, verifies and records the dump.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from ansible.plugins.action import ActionBase
-
-
-def _context(task_vars: dict[str, Any]) -> tuple[Path, str, str]:
-    state_dir = os.environ.get("TECHNICIAN_OPS_STATE_DIR")
-    run_id = os.environ.get("TECHNICIAN_OPS_RUN_ID")
-    if not state_dir or not run_id:
-        raise RuntimeError("not running under technician-ops: TECHNICIAN_OPS_STATE_DIR/RUN_ID are not set")
-    return Path(state_dir), run_id, str(task_vars["inventory_hostname"])
 
 
 class ActionModule(ActionBase):
@@ -32,14 +22,18 @@ class ActionModule(ActionBase):
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from technician_ops import backup_steps
         from technician_ops.backup import interpret_remote_result
-        from technician_ops.control import call
+        from technician_ops.control import NOT_UNDER_RUN, call, run_context
         from technician_ops.errors import TechnicianOpsError
 
         result: dict[str, Any] = super().run(tmp, task_vars)
         args = self._task.args
         step, source, phase = str(args["step"]), str(args.get("source", "files")), str(args.get("phase", "record"))
+        context = run_context()
+        if context is None:
+            result.update(failed=True, msg=NOT_UNDER_RUN)
+            return result
+        (state_dir, run_id), host = context, str((task_vars or {})["inventory_hostname"])
         try:
-            state_dir, run_id, host = _context(task_vars or {})
             if source == "files" and phase == "created":
                 remote = interpret_remote_result(int(args.get("rc", 1)), str(args.get("stdout", "")), host)
                 dest = backup_steps.prepare_destination(state_dir, run_id, host, step, "files")

@@ -9,8 +9,6 @@ restores the dump with ``pg_restore --clean`` from here.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from ansible.plugins.action import ActionBase
@@ -23,17 +21,18 @@ class ActionModule(ActionBase):
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from technician_ops import backup_steps
         from technician_ops.backup import BackupCorrupted, interpret_remote_result
-        from technician_ops.control import call
+        from technician_ops.control import NOT_UNDER_RUN, call, run_context
         from technician_ops.errors import TechnicianOpsError
 
         result: dict[str, Any] = super().run(tmp, task_vars)
         args = self._task.args
         step, source, phase = str(args["step"]), str(args.get("source", "files")), str(args.get("phase", "restore"))
         host = str((task_vars or {})["inventory_hostname"])
-        state_dir, run_id = os.environ.get("TECHNICIAN_OPS_STATE_DIR"), os.environ.get("TECHNICIAN_OPS_RUN_ID")
-        if not state_dir or not run_id:
-            result.update(failed=True, msg="not running under technician-ops: TECHNICIAN_OPS_STATE_DIR/RUN_ID are not set")
+        context = run_context()
+        if context is None:
+            result.update(failed=True, msg=NOT_UNDER_RUN)
             return result
+        state_dir, run_id = context
         try:
             if source == "files" and phase == "restored":
                 remote = interpret_remote_result(int(args.get("rc", 1)), str(args.get("stdout", "")), host)
@@ -42,7 +41,7 @@ class ActionModule(ActionBase):
                                                     "summary": f"{host} restored from {step}"})
                 result.update(changed=True, msg=f"restored from backup {step}", roots=remote.get("roots", []))
                 return result
-            record = backup_steps.stored(Path(state_dir), run_id, host, step, source)
+            record = backup_steps.stored(state_dir, run_id, host, step, source)
             if source == "files":
                 result.update(changed=False, path=record.path, sha256=record.sha256)
                 return result

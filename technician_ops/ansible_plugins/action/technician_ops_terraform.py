@@ -9,7 +9,6 @@ that says it is safe to retry.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,18 @@ class ActionModule(ActionBase):
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from technician_ops import terraform_steps
-        from technician_ops.control import call
+        from technician_ops.control import NOT_UNDER_RUN, call, run_context
         from technician_ops.errors import TechnicianOpsError
         from technician_ops.terraform import TerraformLocked
 
         result: dict[str, Any] = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         args = self._task.args
-        state_dir, run_id = os.environ.get("TECHNICIAN_OPS_STATE_DIR"), os.environ.get("TECHNICIAN_OPS_RUN_ID")
-        if not state_dir or not run_id:
-            result.update(failed=True, msg="not running under technician-ops: TECHNICIAN_OPS_STATE_DIR/RUN_ID are not set")
+        context = run_context()
+        if context is None:
+            result.update(failed=True, msg=NOT_UNDER_RUN)
             return result
+        state_dir, run_id = context
         ts = terraform_steps.TerraformStep(
             step=str(args["step"]), module=str(args["module"]), module_dir=Path(str(args["module_dir"])),
             variables=dict(args.get("vars") or {}), action=str(args.get("action", "apply")),
@@ -48,9 +48,9 @@ class ActionModule(ActionBase):
 
         try:
             if args.get("undo"):
-                outcome = terraform_steps.undo_step(ts, Path(state_dir), run_id, emit=emit)
+                outcome = terraform_steps.undo_step(ts, state_dir, run_id, emit=emit)
             else:
-                outcome = terraform_steps.run_step(ts, Path(state_dir), run_id, check=check, emit=emit)
+                outcome = terraform_steps.run_step(ts, state_dir, run_id, check=check, emit=emit)
         except TerraformLocked as exc:
             result.update(failed=True, retryable=True,
                           msg=f"terraform step {ts.step}: {exc.message}; nothing was changed, retry later ({exc.hint})")
