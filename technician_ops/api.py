@@ -136,6 +136,15 @@ def _local_hosts(project: Project) -> list[str]:
     return inventory.load(project.inventory).local_hosts_without_python()
 
 
+def load_inventory(project: Project) -> Any:
+    """The project's ``inventory.Inventory`` (None without one), answering from the state dir's cache when unchanged."""
+    if not project.inventory:
+        return None
+    from . import inventory
+
+    return inventory.load(project.inventory, project.state_dir / "cache")
+
+
 class _Approvals:
     def __init__(self, plan: Plan, request: RunRequest, bus: Bus) -> None:
         self.plan, self.request, self.bus = plan, request, bus
@@ -252,13 +261,11 @@ def run(request: RunRequest, project: Project, sinks: list[Sink], *, audit: Any 
 
 def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, header: dict[str, Any],
                 approvals: _Approvals, audit: Any, cancelled: Callable[[], bool] | None, started: float) -> RunResult:
-    from . import inventory as inv_mod
-
     run_id = header["run_id"]
     redactor = Redactor([str(v) for k, v in plan.params.items() if k in plan.secret_names and v is not None])
     bus.redactor = redactor
     try:
-        inventory = inv_mod.load(project.inventory) if project.inventory else None
+        inventory = load_inventory(project)
         _check_targets(plan, inventory)
         if not request.skip_preflight and inventory is not None:
             _preflight(plan, inventory)
@@ -267,6 +274,8 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
         strategy_dir, not_accelerated = _acceleration(request)
         files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [],
                            accelerate=strategy_dir)
+        if inventory is not None:
+            inventory.save()
     except TechnicianOpsError as exc:
         if audit is not None:  # refused before anything ran: still one record
             audit.record_skipped(header, f"refused before any change: {exc.message}", outcome="refused")

@@ -463,25 +463,26 @@ def _describe(undo: _Undo) -> str:
 
 def _execute(undo: _Undo, project: Project, header: dict[str, Any], bus: Bus, audit: Any, skip_preflight: bool,
              cancelled: Callable[[], bool] | None, started: float) -> RunResult:
-    from . import inventory as inv_mod
     from . import vault_step
-    from .api import EXIT_FOR_OUTCOME, RunResult, Emitter, utc_now, SecretsHandler, write_private, write_plan
+    from .api import EXIT_FOR_OUTCOME, RunResult, Emitter, load_inventory, utc_now, SecretsHandler, write_private, write_plan
     from .audit.sink import AuditSink
     from .control import ControlServer
 
     plan, new_id, orig_id = undo.plan, header["run_id"], undo.record["run_id"]
     redactor = Redactor([str(v) for k, v in plan.params.items() if k in plan.secret_names and v is not None])
     bus.redactor = redactor
-    inventory = inv_mod.load(project.inventory) if project.inventory else None
+    inventory = load_inventory(project)
     targets = sorted({h for ps, hosts in undo.completed if not ps.kind.controller for h in hosts})
     if not skip_preflight and inventory is not None and targets:
         from . import preflight
 
-        specs = preflight.hosts_from_inventory(list(inventory.paths), ":".join(targets))
+        specs = inventory.preflight_specs(":".join(targets))
         if specs:
             preflight.ensure_reachable(specs)
     pdd = ensure_private_dir(ensure_private_dir(ensure_private_dir(project.state_dir) / "runs") / new_id)
     files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [])
+    if inventory is not None:
+        inventory.save()
     header["artifact_dir"] = str(pdd)
     audit.start_run(header)
     bus.add(AuditSink(audit, new_id))
