@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib import metadata, util
+from importlib import util
 from pathlib import Path
 
 STRATEGY = "mitogen_linear"
@@ -41,6 +41,8 @@ def _version(text: str) -> tuple[int, ...]:
 
 def check() -> Acceleration:
     """Whether mitogen can drive the installed ansible-core; never imports either."""
+    from importlib import metadata  # ~16 ms: only when --accelerate asks
+
     try:
         core = _version(metadata.version("ansible-core"))
     except metadata.PackageNotFoundError:

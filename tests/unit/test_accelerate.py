@@ -24,7 +24,7 @@ def _fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mitogen: str | None, 
     (pkg / "loaders.py").write_text(loaders)
     spec = machinery.ModuleSpec("ansible_mitogen", None, is_package=True)
     spec.submodule_search_locations = [str(pkg)]
-    monkeypatch.setattr(accelerate.metadata, "version", version)
+    monkeypatch.setattr(metadata, "version", version)
     monkeypatch.setattr(accelerate.util, "find_spec", lambda name: spec if mitogen else None)
 
 
