@@ -281,3 +281,14 @@ def test_recording_without_a_store_does_nothing() -> None:
         bus.emit(Kind.NOTICE, level="info", message="m0")
         assert recording.finish("succeeded") is None
     assert bus.sinks == []
+
+
+def test_recording_left_by_another_error_keeps_it_and_notes_the_lost_events(store: AuditStore) -> None:
+    header = make_header()
+    bus = Bus()
+    with pytest.raises(RuntimeError, match="engine bug") as raised:
+        with RunRecording(store, header, bus):
+            bus.emit(Kind.NOTICE, level="info", message="bad", detail=UNWRITABLE)
+            raise RuntimeError("engine bug")
+    assert any("audit record lost events" in note for note in raised.value.__notes__)
+    assert store.get(header["run_id"])["outcome"] == "interrupted"
