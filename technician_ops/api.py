@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import loader
 from .compiler import Plan, PlanStep, ansible_cfg, build_plan, controller_inventory, dump_yaml, params_file
@@ -25,6 +25,9 @@ from .model import Runbook
 from .params import bind
 from .project import Project, ensure_private_dir
 from .redact import Redactor
+
+if TYPE_CHECKING:
+    from .audit.sink import RunRecording
 
 EXIT_FOR_OUTCOME = {
     Outcome.SUCCEEDED: ExitCode.OK,
@@ -281,23 +284,18 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
             audit.record_skipped(header, f"refused before any change: {exc.message}", outcome="refused")
         raise
     header["artifact_dir"] = str(pdd)
-    if audit is not None:
-        audit.start_run(header)
-        from .audit.sink import AuditSink
+    from .audit.sink import RunRecording
 
-        bus.add(AuditSink(audit, run_id))
-    try:
-        return _execute_plan(plan, project, bus, header, approvals, audit, cancelled, started, redactor, pdd, files,
-                             [not_accelerated] if not_accelerated else [])
-    except BaseException:
-        if audit is not None:  # a crash of ours, or Ctrl-C twice: the record must not stay "running"
-            audit.finish(run_id, Outcome.INTERRUPTED.value)
-        raise
+    # Leaving this block without record.finish() (a crash of ours, Ctrl-C twice)
+    # finishes the record as "interrupted": it must not stay "running".
+    with RunRecording(audit, header, bus) as record:
+        return _execute_plan(plan, project, bus, header, approvals, record, cancelled, started, redactor, pdd,
+                             files, [not_accelerated] if not_accelerated else [])
 
 
-def _execute_plan(plan: Plan, project: Project, bus: Bus, header: dict[str, Any], approvals: _Approvals, audit: Any,
-                  cancelled: Callable[[], bool] | None, started: float, redactor: Redactor, pdd: Path,
-                  files: dict[str, Path], notices: list[str]) -> RunResult:
+def _execute_plan(plan: Plan, project: Project, bus: Bus, header: dict[str, Any], approvals: _Approvals,
+                  record: RunRecording, cancelled: Callable[[], bool] | None, started: float, redactor: Redactor,
+                  pdd: Path, files: dict[str, Path], notices: list[str]) -> RunResult:
     from .control import ENV_RUN_ID, ENV_STATE_DIR, ControlServer
     from .executor import StepTracker, execute
 
@@ -343,8 +341,7 @@ def _execute_plan(plan: Plan, project: Project, bus: Bus, header: dict[str, Any]
     failed_hosts = tracker.steps[failed_step].failed_hosts if failed_step in tracker.steps else []
     bus.emit(Kind.RUN_END, run_id=run_id, outcome=outcome.value, exit_code=int(exit_code), ended_at=utc_now(),
              duration=round(duration, 3), failed_step=failed_step, failed_hosts=failed_hosts)
-    if audit is not None:
-        audit.finish(run_id, outcome.value)
+    record.finish(outcome.value)
     return RunResult(run_id, outcome, exit_code, failed_step, {n: tracker.steps[n].status.value for n in tracker.order},
                      rollback_info, pdd / "artifacts", duration)
 

@@ -45,6 +45,7 @@ from .redact import Redactor
 
 if TYPE_CHECKING:
     from .api import RunResult
+    from .audit.sink import RunRecording
 
 Prompt = Callable[[str, str], bool]  # (what, text) -> confirmed?
 
@@ -463,12 +464,10 @@ def _describe(undo: _Undo) -> str:
 
 def _execute(undo: _Undo, project: Project, header: dict[str, Any], bus: Bus, audit: Any, skip_preflight: bool,
              cancelled: Callable[[], bool] | None, started: float) -> RunResult:
-    from . import vault_step
-    from .api import EXIT_FOR_OUTCOME, RunResult, Emitter, load_inventory, utc_now, SecretsHandler, write_private, write_plan
-    from .audit.sink import AuditSink
-    from .control import ControlServer
+    from .api import load_inventory, write_plan
+    from .audit.sink import RunRecording
 
-    plan, new_id, orig_id = undo.plan, header["run_id"], undo.record["run_id"]
+    plan, new_id = undo.plan, header["run_id"]
     redactor = Redactor([str(v) for k, v in plan.params.items() if k in plan.secret_names and v is not None])
     bus.redactor = redactor
     inventory = load_inventory(project)
@@ -484,8 +483,20 @@ def _execute(undo: _Undo, project: Project, header: dict[str, Any], bus: Bus, au
     if inventory is not None:
         inventory.save()
     header["artifact_dir"] = str(pdd)
-    audit.start_run(header)
-    bus.add(AuditSink(audit, new_id))
+    # Leaving this block without record.finish() finishes the record as "interrupted".
+    with RunRecording(audit, header, bus) as record:
+        return _execute_recorded(undo, project, header, bus, record, redactor, pdd, files, cancelled, started)
+
+
+def _execute_recorded(undo: _Undo, project: Project, header: dict[str, Any], bus: Bus, record: RunRecording,
+                      redactor: Redactor, pdd: Path, files: dict[str, Path], cancelled: Callable[[], bool] | None,
+                      started: float) -> RunResult:
+    """The undo run itself, from RUN_START to the finished record."""
+    from . import vault_step
+    from .api import EXIT_FOR_OUTCOME, RunResult, Emitter, utc_now, SecretsHandler, write_private
+    from .control import ControlServer
+
+    plan, new_id, orig_id = undo.plan, header["run_id"], undo.record["run_id"]
     bus.emit(Kind.RUN_START, **{k: header[k] for k in ("run_id", "runbook", "path", "check", "params", "operator",
                                                         "origin", "started_at", "action", "rollback_of")})
     for notice in undo.notices:
@@ -518,7 +529,7 @@ def _execute(undo: _Undo, project: Project, header: dict[str, Any], bus: Bus, au
     duration = time.monotonic() - started
     bus.emit(Kind.RUN_END, run_id=new_id, outcome=outcome.value, exit_code=int(exit_code), ended_at=utc_now(),
              duration=round(duration, 3), failed_step=None, failed_hosts=[])
-    audit.finish(new_id, outcome.value)
+    record.finish(outcome.value)
     return RunResult(new_id, outcome, exit_code, None, {}, info, pdd / "artifacts", duration)
 
 

@@ -1,9 +1,10 @@
 """The embedded default store: SQLite in WAL mode with synchronous=FULL.
 
-WAL + FULL makes every committed write durable before ``append`` returns (a
-crash loses nothing that was written) while keeping a commit to one WAL
-append + fsync, which is what the per-event budget needs.  The database and
-its ``-wal``/``-shm`` companions are private to the user: 0600 in a 0700
+WAL + FULL makes every committed write durable before ``append_many``
+returns (a crash loses nothing that was committed) while keeping a commit to
+one WAL append + fsync, whatever the number of events in it, which is what
+``AuditSink``'s group commit relies on.  The database and its
+``-wal``/``-shm`` companions are private to the user: 0600 in a 0700
 directory, because records name hosts, operators and parameters.
 """
 
@@ -107,13 +108,16 @@ class SqliteStore(AuditStore):
     def _write_tx(self) -> Iterator[None]:
         # IMMEDIATE takes the write lock up front: two finishers serialize here
         # instead of both reading the same chain head.
+        # A failed COMMIT (disk full, I/O error) can leave the transaction
+        # open: roll it back too, or every later BEGIN on this connection fails.
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
 
     @contextmanager
     def _read_tx(self) -> Iterator[None]:

@@ -8,8 +8,11 @@ rests on: there is one implementation of the behaviour.
 Write path, and why it is shaped so:
 
 - ``start_run`` inserts the header row (outcome ``running``, not chained).
-- ``append`` inserts one ``events`` row per event: O(1), one transaction,
-  nothing rewritten, so a crash loses at most the event being written.
+- ``append_many`` inserts one ``events`` row per event, a group of events in
+  one transaction (one commit, one fsync): O(1) per event, nothing
+  rewritten, so a crash loses at most the group being written.  ``append``
+  is a group of one.  ``AuditSink`` groups what the run emitted while the
+  previous group was being committed.
 - ``finish`` folds header + events into the record and chains it, under the
   chain lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``SELECT ... FOR
   UPDATE`` on the head row), so two processes finishing at once still
@@ -246,23 +249,60 @@ class AuditStore(abc.ABC):
 
     def append(self, run_id: str, event: Event) -> None:
         """Add one event to a running run: one INSERT, one transaction."""
-        kind = event.kind.value if isinstance(event.kind, enum.Enum) else str(event.kind)
-        data = _dumps(event.data)
+        self.append_many(run_id, (event,))
+
+    def append_many(self, run_id: str, events: Sequence[Event]) -> None:
+        """Add events to a running run, in order, in ONE write transaction.
+
+        One commit, so one fsync for the whole group: this is what lets
+        ``AuditSink`` group-commit.  All or nothing: if any event cannot be
+        written, none of the group is, and the error is an ``AuditError``.
+
+        Numbering is exactly that of consecutive ``append`` calls: each event
+        takes the next ``n``; if that number is already taken (another
+        connection appended to this run since we last looked), ``MAX(n)`` is
+        read again, inside the same transaction, and the event takes the
+        number after it; taken a second time is an error.
+        """
+        rows = [(event.kind.value if isinstance(event.kind, enum.Enum) else str(event.kind), float(event.ts),
+                 _dumps(event.data)) for event in events]  # serialized before the lock is taken
+        if not rows:
+            return
         with self._lock:
-            for attempt in (0, 1):
-                n = self._next_n.get(run_id)
-                if n is None:
-                    n = self._load_next_n(run_id)
-                try:
-                    self._execute("INSERT INTO events (run_id, n, kind, ts, data) VALUES (?, ?, ?, ?, ?)",
-                                  (run_id, n, kind, float(event.ts), data))
-                except Exception as exc:
-                    if attempt == 0 and self._is_unique_violation(exc):
-                        self._next_n.pop(run_id, None)  # someone else appended: re-read
-                        continue
-                    raise self._wrap(exc, f"append an event to run {run_id}") from exc
-                self._next_n[run_id] = n + 1
-                return
+            try:
+                with self._write_tx():
+                    n = self._next_n.get(run_id)
+                    if n is None:
+                        n = self._load_next_n(run_id)
+                    for kind, ts, data in rows:
+                        n = self._insert_event(run_id, n, kind, ts, data)
+                        n += 1
+            except AuditError:
+                self._next_n.pop(run_id, None)
+                raise
+            except Exception as exc:
+                # Rolled back: the cached number may be stale; the next call reads it again.
+                self._next_n.pop(run_id, None)
+                raise self._wrap(exc, f"append {_count(len(rows), 'event')} to run {run_id}") from exc
+            self._next_n[run_id] = n
+
+    def _insert_event(self, run_id: str, n: int, kind: str, ts: float, data: str) -> int:
+        """Insert one event at ``n``, or after a re-read of ``MAX(n)`` if ``n`` is taken; return its number.
+
+        ``ON CONFLICT DO NOTHING`` (SQLite 3.24+, PostgreSQL 9.5+) reports a
+        taken number as zero rows instead of an error, so the transaction
+        stays usable on PostgreSQL (where any error aborts it) and the rest of
+        the group can still be written in it.
+        """
+        sql = ("INSERT INTO events (run_id, n, kind, ts, data) VALUES (?, ?, ?, ?, ?) "
+               "ON CONFLICT (run_id, n) DO NOTHING")
+        if self._execute(sql, (run_id, n, kind, ts, data)) == 1:
+            return n
+        n = self._load_next_n(run_id)  # someone else appended: re-read
+        if self._execute(sql, (run_id, n, kind, ts, data)) == 1:
+            return n
+        raise AuditError(f"audit store {self.location}: cannot append an event to run {run_id}: event number "
+                         f"{n} was taken twice while writing it (another writer is appending to this run)")
 
     def _load_next_n(self, run_id: str) -> int:
         rows = self._fetchall("SELECT outcome FROM runs WHERE run_id = ?", (run_id,))
@@ -507,6 +547,10 @@ def _chain_row(r: Sequence[Any]) -> ChainRow:
     fields = {"seq": body_seq, "run_id": r[11], "runbook": r[12], "outcome": r[13], "started_at": r[14],
               "ended_at": r[15], "check": _as_bool(r[16])}
     return ChainRow(int(r[0]), r[1], r[2] or "", r[3] or "", r[4] or "", columns, fields)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _with_links(body_text: str, prev_hash: str, digest: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """A separate writer process for the audit tests (run as a script, not collected).
 
     _writer.py sigkill URL PROJECT_ROOT          start a run, append, print its id, then hang
+    _writer.py sigkill-sink URL PROJECT_ROOT N   the same through an AuditSink: N events, flush, hang
     _writer.py finish URL PROJECT_ROOT N GOFILE  wait for GOFILE, then start+finish N runs
 """
 
@@ -34,6 +35,18 @@ def main(argv: list[str]) -> int:
         store.append(run_id, Event(Kind.HOST_RESULT, {"step": "promote", "host": "db2", "status": "changed",
                                                       "changed": True, "duration": 0.5, "error": None,
                                                       "phase": "run"}))
+        print(run_id, flush=True)
+        time.sleep(120)
+        return 1
+    if mode == "sigkill-sink":
+        from technician_ops.audit.sink import AuditSink
+
+        run_id = new_run_id()
+        store.start_run(header(run_id, "killed"))
+        sink = AuditSink(store, run_id)
+        for i in range(int(argv[3])):
+            sink.handle(Event(Kind.NOTICE, {"level": "info", "message": f"m{i}"}))
+        sink.flush()  # durable from here: the kill must not lose any of them
         print(run_id, flush=True)
         time.sleep(120)
         return 1

@@ -45,6 +45,20 @@ def test_sigkilled_writer_is_reaped_as_interrupted(backend: Backend) -> None:
     assert store.reap_stale() == []  # nothing left to reap
 
 
+def test_sigkill_after_flush_keeps_every_event_of_the_sink(backend: Backend) -> None:
+    proc = _spawn("sigkill-sink", backend.url or "", str(backend.project_root), "300")
+    try:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().strip()
+        assert run_id, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    rec = backend.open().get(run_id)
+    assert rec["outcome"] == "interrupted" and rec["events"] == 300
+    assert [n["message"] for n in rec["notices"]] == [f"m{i}" for i in range(300)]
+
+
 def test_live_runs_are_not_reaped(backend: Backend, store: AuditStore) -> None:
     header = make_header()
     store.start_run(header)  # this process is alive

@@ -214,11 +214,12 @@ def test_get_by_prefix_not_found_and_ambiguous(store: AuditStore) -> None:
 def test_sink_records_the_bus_stream(store: AuditStore) -> None:
     header = make_header()
     store.start_run(header)
-    bus = Bus([AuditSink(store, header["run_id"])])
-    # (Bus.emit(kind, **data) cannot carry STEP_START's own "kind" field: reported to the lead.)
-    bus.emit(Kind.HOST_RESULT, step="promote", host="db2", status="ok", changed=False, duration=1.0,
-             error=None, phase="run")
-    bus.emit(Kind.STEP_END, step="promote", status="succeeded", duration=1.0, phase="run", hosts={"db2": "ok"})
+    with AuditSink(store, header["run_id"]) as sink:  # asynchronous: closing drains it before finish
+        bus = Bus([sink])
+        # (Bus.emit(kind, **data) cannot carry STEP_START's own "kind" field: reported to the lead.)
+        bus.emit(Kind.HOST_RESULT, step="promote", host="db2", status="ok", changed=False, duration=1.0,
+                 error=None, phase="run")
+        bus.emit(Kind.STEP_END, step="promote", status="succeeded", duration=1.0, phase="run", hosts={"db2": "ok"})
     rec = store.finish(header["run_id"], "succeeded")
     assert rec["steps"]["promote"]["hosts"]["db2"]["status"] == "ok" and rec["events"] == 2
 
