@@ -9,6 +9,7 @@ reports progress as events on the bus it is given.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import time
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import loader
-from .compiler import Plan, PlanStep, ansible_cfg, build_plan, controller_inventory, dump_yaml, params_file
+from .compiler import (Plan, PlanStep, ansible_cfg, build_plan, controller_inventory, default_forks, dump_yaml,
+                       params_file)
 from .errors import ApprovalMissing, ConfigError, ExitCode, ParameterError, TechnicianOpsError
 from .events import Bus, Kind, Outcome, Sink, StepStatus
 from .fsutil import atomic_write
@@ -111,7 +113,26 @@ def write_plan(plan: Plan, directory: Path, state_dir: Path, local_hosts: list[s
     write_private(files["params"], params_file(plan))
     write_private(files["config"], ansible_cfg(plan, state_dir, accelerate=accelerate))
     write_private(files["inventory"], controller_inventory(local_hosts or [], accelerate=accelerate is not None))
+    if plan.uses_facts:  # Ansible's jsonfile fact cache; facts name a host's users, addresses, environment
+        ensure_private_dir(ensure_private_dir(state_dir) / "facts")
     return files
+
+
+def sized(plan: Plan, project: Project, inventory: Any, targets: list[str], *, accelerated: bool = False) -> Plan:
+    """``plan`` with forks sized for ``targets`` (``compiler.default_forks``), unless the project sets forks."""
+    if project.forks or inventory is None:
+        return plan
+    remote = accelerated or any(inventory.may_use_ssh(h) for h in targets)
+    return dataclasses.replace(plan, forks=default_forks(len(targets), remote=remote))
+
+
+def target_hosts(plan: Plan, inventory: Any) -> list[str]:
+    """The inventory hosts the plan's steps run on, in step order (controller and playbook steps aside)."""
+    names: dict[str, None] = {}
+    for ps in plan.steps:
+        if not ps.kind.controller and ps.kind.name != "playbook":
+            names.update(dict.fromkeys(inventory.hosts(ps.hosts)))
+    return list(names)
 
 
 def write_private(path: Path, text: str) -> None:
@@ -122,21 +143,19 @@ def write_private(path: Path, text: str) -> None:
 def compile_runbook(name: str, project: Project, out_dir: Path, raw_params: dict[str, str], *, check: bool = False) -> dict[str, Path]:
     runbook = load(name, project)
     plan = bind_plan(runbook, project, raw_params, check=check)
-    local = _local_hosts(project)
+    inventory = load_inventory(project)
+    local: list[str] = []
+    if inventory is not None:
+        plan = sized(plan, project, inventory, target_hosts(plan, inventory))
+        local = inventory.local_hosts_without_python()
     files = write_plan(plan, out_dir, project.state_dir, local)
+    if inventory is not None:
+        inventory.save()
     # The undo plays of every step, as a full rollback would run them.
     rollback = plan.rollback_playbook([(ps, [ps.hosts]) for ps in plan.steps if ps.has_undo])
     files["rollback"] = out_dir / "project" / "rollback.yml"
     write_private(files["rollback"], "# Undo plays, in the order a full rollback runs them\n" + dump_yaml(rollback))
     return files
-
-
-def _local_hosts(project: Project) -> list[str]:
-    if not project.inventory:
-        return []
-    from . import inventory
-
-    return inventory.load(project.inventory).local_hosts_without_python()
 
 
 def load_inventory(project: Project) -> Any:
@@ -275,6 +294,8 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
         ensure_private_dir(project.state_dir)
         pdd = ensure_private_dir(ensure_private_dir(project.state_dir / "runs") / run_id)
         strategy_dir, not_accelerated = _acceleration(request)
+        if inventory is not None:
+            plan = sized(plan, project, inventory, target_hosts(plan, inventory), accelerated=strategy_dir is not None)
         files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [],
                            accelerate=strategy_dir)
         if inventory is not None:
@@ -465,11 +486,7 @@ def _check_targets(plan: Plan, inventory: Any) -> None:
 
 def _preflight(plan: Plan, inventory: Any) -> None:
     """Every SSH target answers and authenticates before anything changes."""
-    names: list[str] = []
-    for ps in plan.steps:
-        if not ps.kind.controller and ps.kind.name != "playbook":
-            names.extend(h for h in inventory.hosts(ps.hosts) if h not in names)
-    names = [h for h in names if inventory.may_use_ssh(h)]
+    names = [h for h in target_hosts(plan, inventory) if inventory.may_use_ssh(h)]
     if names:
         from . import preflight
 

@@ -196,6 +196,10 @@ def execute(
         timeout=timeout,
         suppress_env_files=True,
         json_mode=False,
+        # Not ansible-runner's per-run jsonfile cache (artifacts/<ident>/fact_cache,
+        # forced through the environment): the run's ansible.cfg decides, so
+        # facts are cached across runs under the state dir (compiler.ansible_cfg).
+        fact_cache_type="none",
     )
     rc = runner.rc if isinstance(runner.rc, int) else 1
     tracker.finish(rc)

@@ -27,7 +27,7 @@ FRONT_MATTER_KEYS = {
 PARAM_KEYS = {"type", "required", "default", "help", "choices"}
 COMMON_ATTRS = {
     "name", "kind", "hosts", "serial", "timeout", "when", "retries", "delay",
-    "continue_on_error", "max_fail_percentage", "become", "become_user", "rollback",
+    "continue_on_error", "max_fail_percentage", "become", "become_user", "rollback", "facts",
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
@@ -352,7 +352,7 @@ def _check_attr_values(attrs: dict[str, str], line: int, known: set[str], out: _
             parse_duration(attrs["timeout"])
         except ValueError as exc:
             out.error(line, f"attribute timeout: {exc}")
-    for key in ("continue_on_error", "become"):
+    for key in ("continue_on_error", "become", "facts"):
         if key in attrs and attrs[key].lower() not in ("true", "false", "yes", "no"):
             out.error(line, f"attribute {key} must be true or false, got {attrs[key]!r}")
     if "hosts" in attrs and "{" in attrs["hosts"]:

@@ -213,3 +213,57 @@ def test_json_events_follow_the_documented_schema(demo) -> None:  # type: ignore
             assert event["phase"] in schema["x-enums"]["phase"]
         seen.add(event["event"])
     assert {"run_start", "step_start", "host_result", "step_end", "rollback_start", "rollback_end", "run_end"} <= seen
+
+
+def _gathered(artifact_dir: Path) -> list[str]:
+    """Hosts the run gathered facts on (its ansible-runner job events)."""
+    hosts = []
+    for path in sorted(artifact_dir.rglob("job_events/*.json")):
+        event = json.loads(path.read_text())
+        data = event.get("event_data", {})
+        if event.get("event") == "runner_on_ok" and data.get("task_action") in ("gather_facts", "ansible.builtin.gather_facts"):
+            hosts.append(data["host"])
+    return sorted(hosts)
+
+
+def test_facts_are_gathered_only_for_steps_that_read_them_then_cached(demo) -> None:  # type: ignore[no-untyped-def]
+    demo.write_runbook("by-hostname", """---
+hosts: web
+---
+
+```yaml {name=plain kind=check}
+- ansible.builtin.command: /bin/true
+  changed_when: false
+```
+
+```yaml {name=note-hostname}
+- ansible.builtin.copy:
+    dest: "{{ state_dir }}/hostname"
+    content: "{{ ansible_facts['hostname'] }} {{ ansible_nodename }}\\n"
+```
+
+```yaml {rollback=note-hostname}
+- ansible.builtin.file: {path: "{{ state_dir }}/hostname", state: absent}
+```
+""")
+    import socket
+
+    first, _ = run_demo(demo, "by-hostname", run_id="t-facts-1")
+    assert first.outcome is Outcome.SUCCEEDED
+    short = socket.gethostname().split(".")[0]
+    for host in ("web1", "web2"):
+        assert (demo.host_dir(host) / "hostname").read_text().startswith(short + " ")
+    assert _gathered(first.artifact_dir) == ["web1", "web2"]  # once, for the step that reads them
+    cache = demo.project().state_dir / "facts"
+    # One file per host (ansible-core 2.19 prefixes the name with its schema version: s1_web1).
+    files = {h: f for h in ("web1", "web2") for f in cache.iterdir() if f.name.endswith(h)}
+    assert len(list(cache.iterdir())) == 2 and set(files) == {"web1", "web2"}
+    assert short in files["web1"].read_text()
+
+    second, _ = run_demo(demo, "by-hostname", run_id="t-facts-2")
+    assert second.outcome is Outcome.SUCCEEDED
+    assert _gathered(second.artifact_dir) == []  # the cache answered
+
+    files["web1"].unlink()  # e.g. expired: that host alone is gathered again
+    third, _ = run_demo(demo, "by-hostname", run_id="t-facts-3")
+    assert third.outcome is Outcome.SUCCEEDED and _gathered(third.artifact_dir) == ["web1"]

@@ -126,3 +126,86 @@ def test_accelerated_runs_detect_dead_hosts_as_fast_as_ssh() -> None:
     assert "vars" not in plain["all"] and plain["all"]["hosts"]["web1"]["ansible_python_interpreter"]
     fast = yaml.safe_load(controller_inventory([], accelerate=True))
     assert fast["all"]["vars"] == {"mitogen_ssh_keepalive_interval": 5, "mitogen_ssh_keepalive_count": 3}
+
+
+def _step(body: str, **attrs: str):  # type: ignore[no-untyped-def]
+    from technician_ops.model import Step
+
+    return Step(name="s", kind="ansible", lang="yaml", body=body, line=1, body_line=2, attrs={"name": "s", **attrs})
+
+
+def test_a_step_gathers_facts_only_when_it_reads_them() -> None:
+    from technician_ops.compiler import uses_facts
+
+    reads = ["- debug: {msg: \"{{ ansible_facts['hostname'] }}\"}",
+             "- debug: {msg: \"{{ ansible_hostname }}\"}",
+             "- debug: {msg: \"{{ ansible_python.version.major }}\"}",  # a fact, unlike ansible_python_interpreter
+             "- debug: {msg: \"{{ hostvars[item].ansible_default_ipv4.address }}\"}",
+             "- debug: {msg: \"{{ ansible_local.app.version }}\"}"]  # facts.d
+    for body in reads:
+        assert uses_facts(_step(body)), body
+    does_not = ["- command: /bin/true",
+                "- debug: {msg: \"{{ ansible_host }} {{ ansible_port }} {{ ansible_user }}\"}",
+                "- debug: {msg: \"{{ ansible_python_interpreter }} {{ ansible_become_user }} {{ ansible_ssh_common_args }}\"}",
+                "- debug: {msg: \"{{ ansible_check_mode }} {{ ansible_play_hosts }} {{ ansible_version.full }}\"}",
+                "- ansible.builtin.command: my_ansible_hostname_tool"]  # not a variable of its own
+    for body in does_not:
+        assert not uses_facts(_step(body)), body
+    assert uses_facts(_step("- command: /bin/true", when="ansible_os_family == 'Debian'"))
+    assert not uses_facts(_step("- debug: {msg: \"{{ ansible_hostname }}\"}", facts="false"))
+    assert uses_facts(_step("- command: /bin/true", facts="true"))
+
+
+def test_facts_are_gathered_for_those_plays_only_and_cached_under_the_state_dir(tmp_path: Path) -> None:
+    from technician_ops.project import load_project
+
+    (tmp_path / "runbooks").mkdir()
+    (tmp_path / "runbooks" / "f.md").write_text(
+        "---\nhosts: web\n---\n\n```yaml {name=plain kind=check}\n- ansible.builtin.command: /bin/true\n```\n\n"
+        "```yaml {name=by-os kind=check}\n- ansible.builtin.debug: {msg: \"{{ ansible_distribution }}\"}\n```\n")
+    project = load_project(tmp_path, environ={})
+    plan = bind_plan(load_runbook(tmp_path / "runbooks" / "f.md", tmp_path), project, {}, environ={})
+    files = write_plan(plan, tmp_path / "out", project.state_dir)
+    plays = yaml.safe_load(files["playbook"].read_text().replace("!unsafe", ""))
+    assert [p["gather_facts"] for p in plays] == [False, True]
+    cfg = files["config"].read_text()
+    assert "gathering = smart" in cfg and "gathering = explicit" not in cfg
+    assert "fact_caching = jsonfile" in cfg
+    assert f"fact_caching_connection = {project.state_dir / 'facts'}" in cfg
+    assert (project.state_dir / "facts").stat().st_mode & 0o777 == 0o700
+
+
+def test_forks_one_per_cpu_for_local_hosts_one_per_target_for_ssh_or_mitogen() -> None:
+    from technician_ops.compiler import default_forks
+
+    assert default_forks(50, remote=False, cpus=2) == 2
+    assert default_forks(1, remote=False, cpus=8) == 8
+    assert default_forks(30, remote=True, cpus=2) == 30
+    assert default_forks(200, remote=True, cpus=2) == 50
+    assert default_forks(1, remote=True, cpus=4) == 4  # never fewer than the CPUs
+
+
+def test_run_sizes_forks_from_its_targets_unless_the_project_sets_them(tmp_path: Path) -> None:
+    from technician_ops import api
+    from technician_ops.project import load_project
+
+    (tmp_path / "runbooks").mkdir()
+    (tmp_path / "runbooks" / "c.md").write_text(RUNBOOK)
+    (tmp_path / "inventory").mkdir()
+    hosts = {f"web{i}": {"ansible_connection": "local"} for i in range(3)}
+    hosts.update({f"ssh{i}": {"ansible_host": "192.0.2.1"} for i in range(40)})
+    (tmp_path / "inventory" / "hosts.yml").write_text(yaml.safe_dump(
+        {"all": {"children": {"web": {"hosts": hosts}, "db": {"hosts": {"web0": {}}}}}}))
+    project = load_project(tmp_path, environ={})
+    plan = bind_plan(load_runbook(tmp_path / "runbooks" / "c.md", tmp_path), project, {"token": "x"}, environ={})
+    inventory = api.load_inventory(project)
+    targets = api.target_hosts(plan, inventory)
+    local = ["web0", "web1", "web2"]
+    assert len(targets) == 43 and set(local) <= set(targets)
+    cpus = __import__("os").cpu_count() or 2
+    assert api.sized(plan, project, inventory, targets).forks == max(cpus, 43)  # SSH targets
+    assert api.sized(plan, project, inventory, local).forks == cpus  # local only
+    assert api.sized(plan, project, inventory, local, accelerated=True).forks == max(cpus, 3)
+    (tmp_path / "technician-ops.toml").write_text("forks = 7\n")
+    fixed = load_project(tmp_path, environ={})
+    assert api.sized(bind_plan(plan.runbook, fixed, {"token": "x"}, environ={}), fixed, inventory, targets).forks == 7
