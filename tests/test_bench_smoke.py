@@ -9,6 +9,7 @@ processes, hence the integration mark; ``--reps 1`` keeps it inside a minute.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,11 +20,32 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.integration
-
 SMOKE_TIMEOUT_S = 60
 
 
+def _bench_module():  # bench/ is not a package: load run.py by path
+    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_accelerate_figures_are_judged_only_where_the_issue_sets_a_target() -> None:
+    bench = _bench_module()
+    results = {"run_vs_raw": {
+        "10": {"ratio": 1.05, "accel_vs_raw": 0.5, "accel_vs_naive": 0.4},
+        "50": {"ratio": 1.05, "accel_vs_raw": 0.33, "accel_vs_naive": 0.31},
+    }}
+    rows = {row["figure"]: row for row in bench.verdicts(results)}
+    assert rows["run_vs_raw_50"]["met"] is False  # 1.05 > 1.04
+    assert rows["run_vs_raw_10"]["met"] is True
+    assert rows["accel_vs_raw_50"]["met"] is True and rows["accel_vs_raw_50"]["target"] == "<= 0.35 x raw"
+    assert rows["accel_vs_naive_50"]["met"] is False  # 0.31 > 0.3
+    assert rows["accel_vs_raw_10"]["met"] is None and rows["accel_vs_raw_10"]["target"] == "none"
+
+
+@pytest.mark.integration
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
