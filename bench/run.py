@@ -48,6 +48,7 @@ TARGETS = {
     "run_vs_raw_10": ("<=", 1.06, "x raw"),
     "run_vs_raw_50": ("<=", 1.04, "x raw"),
     "run_vs_raw_200": ("<=", 1.04, "x raw"),
+    **{f"peak_mem_vs_raw_{n}": ("<=", 1.2, "x raw") for n in (1, 10, 50, 200)},
     "default_vs_naive": ("<=", 0.8, "x naive"),
     "accel_vs_raw_50": ("<=", 0.35, "x raw"),
     "accel_vs_naive_50": ("<=", 0.3, "x naive"),
@@ -158,14 +159,27 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# Peak memory of the last command ``timed`` ran, in MiB: the largest resident
+# set of any one process of its tree (wait4's ru_maxrss covers the child and
+# every descendant it waited for: ansible-playbook's workers, and for ``run``
+# ansible-playbook itself).
+last_peak_mib = 0.0
+
+
 def timed(cmd: list[str], *, cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> float:
     """Wall time of one command in seconds; a failure aborts the bench with its output tail."""
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode not in ok:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-        raise BenchError(f"{' '.join(cmd)} exited {proc.returncode} (cwd {cwd}):\n{tail}")
+    global last_peak_mib
+    with tempfile.TemporaryFile("w+") as out:  # a file, not a pipe: nobody reads while we wait4
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        last_peak_mib = usage.ru_maxrss / 1024.0  # KiB on Linux
+        if proc.returncode not in ok:
+            out.seek(0)
+            tail = "\n".join(out.read().strip().splitlines()[-15:])
+            raise BenchError(f"{' '.join(cmd)} exited {proc.returncode} (cwd {cwd}):\n{tail}")
     return elapsed
 
 
@@ -195,14 +209,17 @@ def compile_package() -> None:
         raise BenchError(f"byte-compiling {REPO / 'technician_ops'} failed")
 
 
-def interleave(sides: dict[str, Callable[[], float]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
-    """A B A B ...: ``warmup`` unmeasured rounds, then ``reps`` measured ones."""
+def interleave(sides: dict[str, Callable[[], float]], reps: int, warmup: int = 1,
+               peaks: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """A B A B ...: ``warmup`` unmeasured rounds, then ``reps`` measured ones (and their peak memory into ``peaks``)."""
     samples: dict[str, list[float]] = {name: [] for name in sides}
     for i in range(warmup + reps):
         for name, fn in sides.items():
             t = fn()
             if i >= warmup:
                 samples[name].append(t)
+                if peaks is not None:
+                    peaks.setdefault(name, []).append(last_peak_mib)
     return samples
 
 
@@ -299,8 +316,11 @@ def bench_run_vs_raw(base: Path, hosts: list[int], reps: int, log: Callable[[str
         if n in accelerate_hosts and usable is not None and usable.usable:
             sides.update(accelerate=proj.run_accelerated, naive=proj.run_naive)
         log(f"{' / '.join(sides)}, {n} host(s), {reps} reps")
-        samples = interleave(sides, reps, warmup)
+        peaks: dict[str, list[float]] = {}
+        samples = interleave(sides, reps, warmup, peaks)
         result = {"hosts": n, **_pair(samples, "run", "raw")}
+        peak = {side: round(statistics.median(v), 1) for side, v in peaks.items()}
+        result.update(peak_mib=peak, peak_ratio=round(peak["run"] / peak["raw"], 4))
         if "accelerate" in samples:
             accel, raw, naive = (statistics.median(samples[k]) for k in ("accelerate", "raw", "naive"))
             result.update(accelerate_s=round(accel, 4), naive_s=round(naive, 4),
@@ -588,6 +608,8 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
     f: dict[str, float] = {}
     for n, r in results.get("run_vs_raw", {}).items():
         f[f"run_vs_raw_{n}"] = r["ratio"]
+        if "peak_ratio" in r:
+            f[f"peak_mem_vs_raw_{n}"] = r["peak_ratio"]
         if "accel_vs_raw" in r:
             f[f"accel_vs_raw_{n}"] = r["accel_vs_raw"]
             f[f"accel_vs_naive_{n}"] = r["accel_vs_naive"]
@@ -634,6 +656,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "## Details", ""]
     for n, r in results.get("run_vs_raw", {}).items():
         lines.append(f"- run vs raw, {n} host(s): run {r['run_s']} s, raw {r['raw_s']} s, ratio {r['ratio']}")
+        if "peak_mib" in r:
+            lines.append(f"- peak memory (largest process of the tree), {n} host(s): "
+                         + ", ".join(f"{side} {mib} MiB" for side, mib in r["peak_mib"].items()))
         if "accelerate_s" in r:
             lines.append(f"- run --accelerate (mitogen), {n} host(s): {r['accelerate_s']} s, naive {r['naive_s']} s: "
                          f"{r['accel_vs_raw']}x raw, {r['accel_vs_naive']}x naive")

@@ -59,6 +59,8 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert data["meta"]["quick"] is True and data["meta"]["cpus"] >= 1
     one = data["run_vs_raw"]["1"]
     assert one["hosts"] == 1 and one["run_s"] > 0 and one["raw_s"] > 0 and one["ratio"] > 0
+    # ansible-playbook's resident set is tens of MiB: a figure in KiB or bytes would be far off
+    assert 10 < one["peak_mib"]["raw"] < 2000 and 10 < one["peak_mib"]["run"] < 2000
     startup = data["startup"]
     for key in ("python_ms", "help_ms", "list_ms", "lint_one_ms"):
         assert startup[key] > 0, key
@@ -74,7 +76,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert set(events["us_per_event_by_sinks"]) == {"tracker", "json", "text", "text+json"}
 
     figures = {row["figure"]: row for row in data["verdicts"]}
-    assert {"run_vs_raw_1", "help_ms", "lint_one_ms", "lint_1000_s", "append_p99_ms", "history_p99_ms",
+    assert {"run_vs_raw_1", "peak_mem_vs_raw_1", "help_ms", "lint_one_ms", "lint_1000_s", "append_p99_ms", "history_p99_ms",
             "verify_s_per_100k", "event_ms"} <= set(figures)
     assert all(isinstance(row["met"], bool) and row["value"] > 0 for row in figures.values())
     md = json_file.with_suffix(".md").read_text()
