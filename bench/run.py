@@ -470,6 +470,10 @@ def bench_audit(store_factory: Callable[[], Any], runs: int, appends: int, queri
             store.finish(rid, "succeeded")
         _relax_durability(store, False)
         populate_s = time.perf_counter() - t0
+        # `history` and `audit verify` are commands of their own: they open the
+        # store afresh, after the writers closed it (and SQLite checkpointed its WAL).
+        store.close()
+        store = store_factory()
         # 3. history --limit 50 (the API the command calls), newest first over the whole store
         # (half unfiltered, half for one runbook: both are index-ordered scans)
         per_runbook = {f"runbook-{r:02d}": len(range(r, runs, 20)) for r in range(20)}

@@ -47,15 +47,17 @@ def find_root(start: Path | None = None) -> Path:
 
 
 def _file_config(root: Path) -> tuple[dict[str, Any], str]:
-    import tomllib
-
     own = root / "technician-ops.toml"
+    pyproject = root / "pyproject.toml"
+    if not own.is_file() and not pyproject.is_file():
+        return {}, ""
+    import tomllib  # ~3 ms: only when there is a file to read
+
     if own.is_file():
         try:
             return tomllib.loads(own.read_text()), str(own)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{own}: {exc}") from None
-    pyproject = root / "pyproject.toml"
     if pyproject.is_file():
         try:
             data = tomllib.loads(pyproject.read_text())
