@@ -172,11 +172,12 @@ def default_forks(targets: int, *, remote: bool, cpus: int | None = None) -> int
     """Ansible's ``forks`` for a run whose project does not set it.
 
     Local-connection hosts get one worker per CPU: each task starts a fresh
-    interpreter, CPU-bound, so more workers only queue (forks 5 ran slower
-    than 2 on 2 cores: docs/performance.md).  SSH hosts, and every host under mitogen
-    (``remote``), get one worker per target up to 50: there a worker mostly
-    waits, on the network or on mitogen's per-host interpreter (mitogen, 50
-    local hosts, 2 cores: ~17 s with 10 to 50 forks, ~23 s with 2).
+    interpreter, CPU-bound, so more workers only queue (issue 9 measured one
+    per CPU at 0.92x of forks 5; docs/performance.md has ours).  SSH hosts,
+    and every host under mitogen (``remote``), get one worker per target up
+    to 50: there a worker mostly waits, on the network or on mitogen's
+    per-host interpreter (mitogen, 50 local hosts, 2 cores: ~17 s with 10 to
+    50 forks, ~23 s with 2).
     """
     cpus = cpus or os.cpu_count() or 2
     return max(cpus, min(targets, MAX_FORKS)) if remote else cpus
