@@ -289,13 +289,13 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
     try:
         inventory = load_inventory(project)
         _check_targets(plan, inventory)
+        targets = target_hosts(plan, inventory) if inventory is not None else []
         if not request.skip_preflight and inventory is not None:
-            _preflight(plan, inventory)
+            _preflight(targets, inventory)
         ensure_private_dir(project.state_dir)
         pdd = ensure_private_dir(ensure_private_dir(project.state_dir / "runs") / run_id)
         strategy_dir, not_accelerated = _acceleration(request)
-        if inventory is not None:
-            plan = sized(plan, project, inventory, target_hosts(plan, inventory), accelerated=strategy_dir is not None)
+        plan = sized(plan, project, inventory, targets, accelerated=strategy_dir is not None)
         files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [],
                            accelerate=strategy_dir)
         if inventory is not None:
@@ -484,9 +484,9 @@ def _check_targets(plan: Plan, inventory: Any) -> None:
             raise ParameterError(f"{plan.runbook.path}:{ps.step.line}: step {ps.name!r}: hosts {ps.hosts!r} match no host in the inventory")
 
 
-def _preflight(plan: Plan, inventory: Any) -> None:
+def _preflight(targets: list[str], inventory: Any) -> None:
     """Every SSH target answers and authenticates before anything changes."""
-    names = [h for h in target_hosts(plan, inventory) if inventory.may_use_ssh(h)]
+    names = [h for h in targets if inventory.may_use_ssh(h)]
     if names:
         from . import preflight
 

@@ -467,12 +467,12 @@ def _execute(undo: _Undo, project: Project, header: dict[str, Any], bus: Bus, au
     from .api import load_inventory, sized, write_plan
     from .audit.sink import RunRecording
 
-    new_id = header["run_id"]
-    redactor = Redactor([str(v) for k, v in undo.plan.params.items() if k in undo.plan.secret_names and v is not None])
+    plan, new_id = undo.plan, header["run_id"]
+    redactor = Redactor([str(v) for k, v in plan.params.items() if k in plan.secret_names and v is not None])
     bus.redactor = redactor
     inventory = load_inventory(project)
     targets = sorted({h for ps, hosts in undo.completed if not ps.kind.controller for h in hosts})
-    undo.plan = plan = sized(undo.plan, project, inventory, targets)
+    undo.plan = plan = sized(plan, project, inventory, targets)
     if not skip_preflight and inventory is not None and targets:
         from . import preflight
 

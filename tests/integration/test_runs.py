@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -246,8 +247,6 @@ hosts: web
 - ansible.builtin.file: {path: "{{ state_dir }}/hostname", state: absent}
 ```
 """)
-    import socket
-
     first, _ = run_demo(demo, "by-hostname", run_id="t-facts-1")
     assert first.outcome is Outcome.SUCCEEDED
     short = socket.gethostname().split(".")[0]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -202,7 +203,7 @@ def test_run_sizes_forks_from_its_targets_unless_the_project_sets_them(tmp_path:
     targets = api.target_hosts(plan, inventory)
     local = ["web0", "web1", "web2"]
     assert len(targets) == 43 and set(local) <= set(targets)
-    cpus = __import__("os").cpu_count() or 2
+    cpus = os.cpu_count() or 2
     assert api.sized(plan, project, inventory, targets).forks == max(cpus, 43)  # SSH targets
     assert api.sized(plan, project, inventory, local).forks == cpus  # local only
     assert api.sized(plan, project, inventory, local, accelerated=True).forks == max(cpus, 3)
