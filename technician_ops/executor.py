@@ -174,6 +174,9 @@ def execute(
 ) -> ExecutionResult:
     import ansible_runner
 
+    from .runner_pty import spawn_without_close_delay
+
+    spawn_without_close_delay()
     cmdline = ["--check"] if check else []
     bindir = str(Path(sys.executable).parent)
     env = {
