@@ -298,8 +298,16 @@ class BenchProject:
 
 
 def _pair(samples: dict[str, list[float]], a: str, b: str) -> dict[str, Any]:
+    """Medians of both sides and their ratio (the figure), plus each round's own ratio.
+
+    The rounds' ratios (``a`` against the ``b`` run next to it) show how much
+    of a spread is the machine: their median is given for reading, the
+    target is judged on the ratio of medians.
+    """
     ma, mb = statistics.median(samples[a]), statistics.median(samples[b])
+    rounds = [round(x / y, 4) for x, y in zip(samples[a], samples[b])]
     return {f"{a}_s": round(ma, 4), f"{b}_s": round(mb, 4), "ratio": round(ma / mb, 4),
+            "round_ratios": rounds, "round_ratio_median": round(statistics.median(rounds), 4),
             "samples": {k: [round(v, 4) for v in vs] for k, vs in samples.items()}}
 
 
@@ -647,6 +655,12 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _rounds(r: dict[str, Any]) -> str:
+    if "round_ratios" not in r:
+        return ""
+    return f" (round by round: {', '.join(map(str, r['round_ratios']))}; their median {r['round_ratio_median']})"
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["meta"]
     lines = [f"# technician-ops bench, {m['started_at']}", "",
@@ -659,7 +673,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {row['figure']} | {row['value']} | {row['target']} | {met} |")
     lines += ["", "## Details", ""]
     for n, r in results.get("run_vs_raw", {}).items():
-        lines.append(f"- run vs raw, {n} host(s): run {r['run_s']} s, raw {r['raw_s']} s, ratio {r['ratio']}")
+        lines.append(f"- run vs raw, {n} host(s): run {r['run_s']} s, raw {r['raw_s']} s, ratio {r['ratio']}"
+                     + _rounds(r))
         if "peak_mib" in r:
             lines.append(f"- peak memory (largest process of the tree), {n} host(s): "
                          + ", ".join(f"{side} {mib} MiB" for side, mib in r["peak_mib"].items()))
@@ -672,7 +687,8 @@ def markdown(results: dict[str, Any]) -> str:
         d = results["defaults_vs_naive"]
         extra = ", ".join(f"{k.replace('_s', '')} {v} s" for k, v in d.items() if k.startswith("raw_forks_"))
         lines.append(f"- defaults vs naive, {d['hosts']} host(s): run {d['run_s']} s, naive {d['naive_s']} s, "
-                     f"raw {d['raw_s']} s, ratio {d['ratio']}" + (f"; compiled playbook with {extra}" if extra else ""))
+                     f"raw {d['raw_s']} s, ratio {d['ratio']}" + _rounds(d)
+                     + (f"; compiled playbook with {extra}" if extra else ""))
         if "accelerate_s" in d:
             lines.append(f"- run --accelerate (mitogen), {d['hosts']} host(s): {d['accelerate_s']} s "
                          f"({d['accelerate_s'] / d['raw_s']:.3f}x raw, {d['accelerate_s'] / d['naive_s']:.3f}x naive)")

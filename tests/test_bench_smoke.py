@@ -45,6 +45,17 @@ def test_accelerate_figures_are_judged_only_where_the_issue_sets_a_target() -> N
     assert rows["accel_vs_raw_10"]["met"] is None and rows["accel_vs_raw_10"]["target"] == "none"
 
 
+def test_a_pair_is_judged_on_the_ratio_of_medians_and_shows_each_rounds_ratio() -> None:
+    bench = _bench_module()
+    pair = bench._pair({"run": [10.0, 12.0, 30.0], "raw": [9.0, 13.0, 10.0]}, "run", "raw")
+    assert pair["run_s"] == 12.0 and pair["raw_s"] == 10.0
+    assert pair["ratio"] == 1.2  # median 12 / median 10
+    assert pair["round_ratios"] == [1.1111, 0.9231, 3.0]  # each round against its neighbour
+    assert pair["round_ratio_median"] == 1.1111
+    line = bench._rounds(pair)
+    assert "1.1111, 0.9231, 3.0" in line and "their median 1.1111" in line
+
+
 @pytest.mark.integration
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "results"
@@ -59,6 +70,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert data["meta"]["quick"] is True and data["meta"]["cpus"] >= 1
     one = data["run_vs_raw"]["1"]
     assert one["hosts"] == 1 and one["run_s"] > 0 and one["raw_s"] > 0 and one["ratio"] > 0
+    assert len(one["round_ratios"]) == 1 and one["round_ratio_median"] == one["round_ratios"][0]
     # ansible-playbook's resident set is tens of MiB: a figure in KiB or bytes would be far off
     assert 10 < one["peak_mib"]["raw"] < 2000 and 10 < one["peak_mib"]["run"] < 2000
     startup = data["startup"]
