@@ -223,6 +223,21 @@ def interleave(sides: dict[str, Callable[[], float]], reps: int, warmup: int = 1
     return samples
 
 
+def speed_probe() -> float:
+    """Milliseconds of a fixed pure-Python workload (median of 3): how fast the machine is right now.
+
+    Recorded before every section, so a report shows whether the machine
+    itself changed speed during the run (on shared VMs it does, by tens of
+    percent within minutes), which no ratio of a few percent survives.
+    """
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        sum(i * i for i in range(300_000))
+        times.append(time.perf_counter() - start)
+    return ms(statistics.median(times))
+
+
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100): the p99 of 1000 samples is the 990th."""
     ordered = sorted(values)
@@ -655,6 +670,16 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _probe_line(meta: dict[str, Any]) -> list[str]:
+    probes = meta.get("speed_probe_ms") or {}
+    if not probes:
+        return []
+    low, high = min(probes.values()), max(probes.values())
+    each = ", ".join(f"{k} {v}" for k, v in probes.items())
+    return [f"Machine speed (a fixed Python loop, ms, before each section): {each}; slowest/fastest "
+            f"{high / low:.2f}x.", ""]
+
+
 def _rounds(r: dict[str, Any]) -> str:
     if "round_ratios" not in r:
         return ""
@@ -666,7 +691,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# technician-ops bench, {m['started_at']}", "",
              f"Machine: {m['machine']}, {m['cpus']} CPU(s), Python {m['python']}, ansible-core {m['ansible']}; "
              f"reps {m['reps']}, commit {m['commit']}; load average {m['loadavg_start']} at start, "
-             f"{m.get('loadavg_end')} at the end; {m.get('seconds')} s in all.", "",
+             f"{m.get('loadavg_end')} at the end; {m.get('seconds')} s in all.", "", *_probe_line(m),
              "| figure | measured | target | met |", "|---|---:|---|:---:|"]
     for row in results["verdicts"]:
         met = {True: "yes", False: "**no**", None: "–"}[row["met"]]
@@ -780,19 +805,26 @@ def main(argv: list[str] | None = None) -> int:
         "commit": _commit(), "reps": args.reps, "loadavg_start": [round(x, 2) for x in os.getloadavg()], "quick": args.quick, "hyperfine": bool(shutil.which("hyperfine")),
     }}
     compile_package()
+    probes: dict[str, float] = {}
+    results["meta"]["speed_probe_ms"] = probes
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="technician-ops-bench-") as tmp:
         base = Path(tmp)
         if "run" in args.sections:
+            probes["run"] = speed_probe()
             results["run_vs_raw"] = bench_run_vs_raw(base, args.host_list, args.reps, log, warmup=0 if args.quick else 1,
                                                      accelerate_hosts=args.accelerate_host_set)
         if "naive" in args.sections:
+            probes["naive"] = speed_probe()
             results["defaults_vs_naive"] = bench_defaults_vs_naive(base, args.naive_hosts, args.reps, args.fork_list, log)
         if "startup" in args.sections:
+            probes["startup"] = speed_probe()
             results["startup"] = bench_startup(base, 3 if args.quick else max(args.reps, 5), log)
         if "lint" in args.sections:
+            probes["lint"] = speed_probe()
             results["lint_many"] = bench_lint_many(base, args.lint_count, args.reps, log)
         if "audit" in args.sections:
+            probes["audit"] = speed_probe()
             from technician_ops.audit.sqlite import SqliteStore
 
             queries = 200 if args.quick else 1000
@@ -803,7 +835,9 @@ def main(argv: list[str] | None = None) -> int:
                 log("audit store: PostgreSQL")
                 results["audit"]["postgresql"] = bench_audit_postgres(args.pg_url, args.audit_runs, args.appends, queries, log)
         if "events" in args.sections:
+            probes["events"] = speed_probe()
             results["events"] = bench_events(args.events, log)
+    probes["end"] = speed_probe()
     results["meta"]["seconds"] = round(time.perf_counter() - t_all, 1)
     results["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["verdicts"] = verdicts(results)

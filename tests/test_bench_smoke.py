@@ -68,6 +68,9 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     data = json.loads(json_file.read_text())
 
     assert data["meta"]["quick"] is True and data["meta"]["cpus"] >= 1
+    probes = data["meta"]["speed_probe_ms"]  # before each section that ran, and at the end
+    assert set(probes) == {"run", "startup", "lint", "audit", "events", "end"} and min(probes.values()) > 0
+    assert "Machine speed (a fixed Python loop" in json_file.with_suffix(".md").read_text()
     one = data["run_vs_raw"]["1"]
     assert one["hosts"] == 1 and one["run_s"] > 0 and one["raw_s"] > 0 and one["ratio"] > 0
     assert len(one["round_ratios"]) == 1 and one["round_ratio_median"] == one["round_ratios"][0]
