@@ -14,12 +14,13 @@ import os
 import pathlib
 import sqlite3
 import stat
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 from technician_ops.errors import AuditError
 
-from .store import AuditStore
+from .store import AuditStore, BackgroundQuery
 
 BUSY_TIMEOUT_S = 30.0
 FILE_MODE = 0o600
@@ -53,6 +54,47 @@ def _tighten(path: pathlib.Path) -> None:
             continue
         if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
             os.chmod(p, FILE_MODE)
+
+
+class _BackgroundQuery:
+    """One read-only statement on a connection of its own, in a thread.
+
+    sqlite3 lets go of the GIL while a statement steps, so a statement that
+    does its work before its first row (a scan with a selective WHERE) runs
+    beside Python code on the other core.
+    """
+
+    def __init__(self, path: pathlib.Path, sql: str, params: Sequence[Any]) -> None:
+        self._conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                     check_same_thread=False)
+        self._cancelled = threading.Event()
+        self._rows: list[tuple[Any, ...]] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(sql, tuple(params)),
+                                        name="technician-ops-audit-query", daemon=True)
+        self._thread.start()
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> None:
+        try:
+            if not self._cancelled.is_set():
+                self._rows = self._conn.execute(sql, params).fetchall()
+        except BaseException as exc:  # handed to result()
+            self._error = exc
+
+    def result(self) -> list[tuple[Any, ...]]:
+        self._thread.join()
+        self._conn.close()
+        if self._error is not None:
+            raise self._error
+        return self._rows
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        while self._thread.is_alive():
+            # An interrupt that lands before the statement starts is lost: repeat it.
+            self._conn.interrupt()
+            self._thread.join(0.05)
+        self._conn.close()
 
 
 class SqliteStore(AuditStore):
@@ -103,6 +145,9 @@ class SqliteStore(AuditStore):
                 yield from batch
         finally:
             cur.close()
+
+    def _start_body_check(self, sql: str, params: Sequence[Any]) -> BackgroundQuery:
+        return _BackgroundQuery(self.path, sql, params)
 
     @contextmanager
     def _write_tx(self) -> Iterator[None]:

@@ -34,7 +34,7 @@ import pathlib
 import socket
 import threading
 from contextlib import AbstractContextManager
-from typing import Any, Iterator, Sequence, TextIO
+from typing import Any, Iterator, Protocol, Sequence, TextIO
 
 from technician_ops.errors import AuditError, AuditTampered, NotFound
 from technician_ops.events import Event, Outcome
@@ -157,6 +157,16 @@ def this_host() -> str:
     return socket.gethostname()
 
 
+class BackgroundQuery(Protocol):
+    """A query running on a connection of its own (``AuditStore._start_body_check``)."""
+
+    def result(self) -> list[tuple[Any, ...]]:
+        """Wait for it; its rows, or the error it raised."""
+
+    def cancel(self) -> None:
+        """Stop it if it still runs and wait for it; its result is dropped."""
+
+
 class AuditStore(abc.ABC):
     """Abstract base: all behaviour.  Subclasses: ``SqliteStore``, ``PostgresStore``.
 
@@ -197,6 +207,14 @@ class AuditStore(abc.ABC):
 
     @abc.abstractmethod
     def _close(self) -> None: ...
+
+    def _start_body_check(self, sql: str, params: Sequence[Any]) -> "BackgroundQuery | None":
+        """Start ``sql`` on a second connection, off this thread; None: this backend cannot.
+
+        ``verify`` uses it to overlap the database's JSON work with its own
+        hashing (see ``_walk_beside_body_check``).
+        """
+        return None
 
     _head_lock_suffix = ""  # PostgreSQL: " FOR UPDATE"
 
@@ -456,26 +474,19 @@ class AuditStore(abc.ABC):
         with self._read_tx():
             head_rows = self._fetchall("SELECT seq, hash, run_id FROM chain_head WHERE id = 1")
             head = (int(head_rows[0][0]), head_rows[0][1], head_rows[0][2]) if head_rows else None
-            walker = ChainWalker(head[0] if head else None)
-            brk: ChainBreak | None = None
-            sql = self._chain_sql() if fast else f"SELECT {_CHAIN_COLS} FROM runs WHERE seq IS NOT NULL ORDER BY seq"
-            for r in self._stream(sql):
-                try:
-                    if len(r) == 11 and r[10] == 1:  # SQLite confirmed the body fields: links and hash only
-                        walker.feed_verified(int(r[0]), r[1], r[2] or "", r[3] or "", r[4] or "")
-                    else:
-                        walker.feed(_chain_row(r))
-                except ChainBreak as exc:
-                    brk = exc
-                    break
-            if brk is not None:
-                seq, run_id, reason = brk.seq, brk.run_id, brk.reason
-                if brk.link_broken:
-                    found = self._fetchall("SELECT seq, run_id FROM runs WHERE hash = ? AND seq IS NOT NULL",
-                                           (brk.wanted_prev,))
-                    seq, run_id, reason = explain_link(brk, int(found[0][0]) if found else None,
-                                                       found[0][1] if found else None, walker.prev_run_id)
-                return VerifyResult(False, walker.checked, run_id, seq, reason)
+            head_seq = head[0] if head else None
+            walker = ChainWalker(head_seq)
+            if not (fast and self._walk_beside_body_check(walker, head_seq)):
+                walker = ChainWalker(head_seq)
+                brk = self._walk(walker, fast)
+                if brk is not None:
+                    seq, run_id, reason = brk.seq, brk.run_id, brk.reason
+                    if brk.link_broken:
+                        found = self._fetchall("SELECT seq, run_id FROM runs WHERE hash = ? AND seq IS NOT NULL",
+                                               (brk.wanted_prev,))
+                        seq, run_id, reason = explain_link(brk, int(found[0][0]) if found else None,
+                                                           found[0][1] if found else None, walker.prev_run_id)
+                    return VerifyResult(False, walker.checked, run_id, seq, reason)
             stray = self._fetchall("SELECT run_id FROM runs WHERE seq IS NULL AND outcome <> 'running' "
                                    "ORDER BY run_id LIMIT 1")
             if stray:
@@ -483,8 +494,51 @@ class AuditStore(abc.ABC):
                                     "a finished record is outside the chain (its seq was removed)")
             return finish_walk(walker, head)
 
-    def _chain_sql(self) -> str:
-        """Chain rows plus one flag: the database found the body's summary fields equal to the columns.
+    def _walk(self, walker: ChainWalker, fast: bool) -> ChainBreak | None:
+        """One pass over the chain on this connection; the first break, or None."""
+        sql = self._chain_sql() if fast else f"SELECT {_CHAIN_COLS} FROM runs WHERE seq IS NOT NULL ORDER BY seq"
+        for r in self._stream(sql):
+            try:
+                if len(r) == 11 and r[10] == 1:  # SQLite confirmed the body fields: links and hash only
+                    walker.feed_verified(int(r[0]), r[1], r[2] or "", r[3] or "", r[4] or "")
+                else:
+                    walker.feed(_chain_row(r))
+            except ChainBreak as exc:
+                return exc
+        return None
+
+    def _walk_beside_body_check(self, walker: ChainWalker, head_seq: int | None) -> bool:
+        """The fast walk split in two, run at once; True when every record checked out.
+
+        The database matches each body's summary fields to its columns on a
+        second connection, as one statement (SQLite runs all of it without
+        the GIL), while this thread checks the links and hashes.  Neither
+        half is shorter than before, but they overlap: ``verify`` of 100,000
+        records went from ~1.0 s to ~0.6 s on 2 cores (issue 9).  Anything either
+        half finds, and a backend without a second connection, returns False:
+        the single walk then runs and names the first bad record.
+
+        The second connection reads its own snapshot.  It sees the same
+        records up to this snapshot's chain head: the store never changes a
+        record once it has a seq, and later ones are past the head.
+        """
+        check = self._start_body_check(self._body_check_sql(), (head_seq or 0,))
+        if check is None:
+            return False
+        try:
+            for seq, run_id, prev_hash, digest, body in self._stream(
+                    "SELECT seq, run_id, prev_hash, hash, record FROM runs WHERE seq IS NOT NULL ORDER BY seq"):
+                walker.feed_verified(int(seq), run_id, prev_hash or "", digest or "", body or "")
+        except ChainBreak:
+            check.cancel()
+            return False
+        except BaseException:
+            check.cancel()
+            raise
+        return not check.result()
+
+    def _body_match_sql(self) -> str:
+        """True when a body's summary fields equal its row's columns, compared by the database.
 
         One json_extract with several paths parses the body once (SQLite
         before 3.45 has no JSON parse cache) into a small JSON array, and the
@@ -492,14 +546,23 @@ class AuditStore(abc.ABC):
         columns.  Parsing that array in Python for every row was a third of
         ``verify`` (issue 9).  Equal text means equal values; a row whose
         texts differ for a harmless reason (a number stored as ``1`` for
-        ``true``, an escape written differently) is flagged 0 and checked in
-        Python, field by field, which also words the reason when it is real.
+        ``true``, an escape written differently) is not confirmed and is
+        checked in Python, field by field, which also words the reason when
+        it is real.
         """
         paths = ", ".join(f"'$.{f}'" for f in _BODY_FIELDS)
         expected = ("json_array(seq, run_id, runbook, outcome, started_at, ended_at, "
                     "CASE WHEN check_run THEN json('true') ELSE json('false') END)")  # constants: evaluated once
-        return (f"SELECT {_CHAIN_COLS}, json_extract(record, {paths}) = {expected} "
-                "FROM runs WHERE seq IS NOT NULL ORDER BY seq")
+        return f"json_extract(record, {paths}) = {expected}"
+
+    def _chain_sql(self) -> str:
+        """Chain rows plus one flag: 1 when the database confirmed the body fields (``_body_match_sql``)."""
+        return f"SELECT {_CHAIN_COLS}, {self._body_match_sql()} FROM runs WHERE seq IS NOT NULL ORDER BY seq"
+
+    def _body_check_sql(self) -> str:
+        """The seqs, up to the chain head (the one parameter), whose body fields the database cannot confirm."""
+        return (f"SELECT seq FROM runs WHERE seq BETWEEN 1 AND ? AND ({self._body_match_sql()}) IS NOT 1 "
+                "ORDER BY seq")
 
     def export_jsonl(self, fp: TextIO) -> int:
         """Write finalized records in chain order, one canonical JSON object per line."""

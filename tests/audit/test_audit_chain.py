@@ -12,7 +12,7 @@ import json
 import pytest
 
 from technician_ops.audit import AuditStore, verify_jsonl
-from technician_ops.audit.chain import canonical_json
+from technician_ops.audit.chain import canonical_json, chain_hash
 
 from tests.audit.conftest import Backend
 from tests.audit.helpers import finished_run
@@ -174,3 +174,39 @@ def test_text_that_json_renders_differently_still_verifies(store: AuditStore) ->
     finished_run(store, "plain")
     result = store.verify()
     assert result.ok and result.checked == 2
+
+
+def test_record_only_python_can_confirm_still_verifies(backend: Backend, store: AuditStore,
+                                                       chain: list[dict]) -> None:
+    """A body spelling ``check`` as 0 is equal in value; SQLite flags it, the Python walk accepts it.
+
+    The record is re-hashed and the chain head moved, as the store itself would have written it.
+    (PostgreSQL reads the field as the text '0' and calls it edited; the store never writes 0.)
+    """
+    if backend.name != "sqlite":
+        pytest.skip("SQLite's body check beside the walk")
+    body, prev_hash = backend.raw("SELECT record, prev_hash FROM runs WHERE seq = 5")[0]
+    assert '"check":false' in body
+    body = body.replace('"check":false', '"check":0')
+    digest = chain_hash(prev_hash, body)
+    backend.raw("UPDATE runs SET record = ?, hash = ? WHERE seq = 5", body, digest)
+    backend.raw("UPDATE chain_head SET hash = ? WHERE id = 1", digest)
+    result = store.verify()
+    assert result.ok and result.checked == 5
+
+
+def test_intact_sqlite_chain_is_walked_once_beside_the_body_check(backend: Backend, store: AuditStore,
+                                                                  chain: list[dict],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite overlaps its JSON check with the hashing; only a problem sends verify to the single walk."""
+    if backend.name != "sqlite":
+        pytest.skip("PostgreSQL verifies in one walk")
+    single_walks: list[bool] = []
+    real_walk = type(store)._walk
+    monkeypatch.setattr(type(store), "_walk",
+                        lambda self, walker, fast: single_walks.append(fast) or real_walk(self, walker, fast))
+    assert store.verify().ok and single_walks == []
+    backend.raw("UPDATE runs SET runbook = 'rb-x' WHERE seq = 4")  # links and hashes still hold
+    result = store.verify()
+    assert not result.ok and result.first_bad_seq == 4 and "column 'runbook'" in (result.reason or "")
+    assert single_walks == [True]
