@@ -6,7 +6,6 @@ carrying all diagnostics; ``lint`` returns them (warnings too).
 
 from __future__ import annotations
 
-import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import yaml
 from . import kinds, yamlio
 from .attrs import AttrError, parse_attrs, split_info
 from .errors import Diagnostic, NotFound, RunbookError
+from .fences import fences
 from .model import Param, Runbook, Step
 from .params import TYPES, coerce, parse_duration
 from .errors import ParameterError
@@ -248,33 +248,18 @@ def _secrets(meta: dict[str, Any], lines: dict[str, int], params: dict[str, Para
     return tuple(str(n) for n in names)
 
 
-@functools.lru_cache(maxsize=1)
-def _markdown() -> Any:
-    """One CommonMark parser per process: building one costs more than parsing a runbook.
-
-    Only block structure matters (a step is a fence token): inline parsing of
-    the prose, two thirds of the parse time, is switched off.
-    """
-    from markdown_it import MarkdownIt
-
-    return MarkdownIt("commonmark").disable(["inline", "text_join"])
-
-
 def _steps(
     body: str, meta: dict[str, Any], params: dict[str, Param], root: Path, out: _Collector, *, strict: bool
 ) -> tuple[list[Step], dict[str, Step]]:
-    tokens = _markdown().parse(body)
     steps: list[Step] = []
     undo_blocks: list[Step] = []
     names: dict[str, int] = {}
     registry = kinds.registry()
     known_names = set(params) | set(meta.get("vars") or {}) | set(meta.get("secrets") or [])
-    for token in tokens:
-        if token.type != "fence" or not token.map:
-            continue
-        line = token.map[0] + 1
+    for fence in fences(body):
+        line = fence.line + 1
         try:
-            lang, block = split_info(token.info)
+            lang, block = split_info(fence.info)
             if block is None:
                 continue  # documentation, never runs
             attrs = parse_attrs(block)
@@ -306,12 +291,12 @@ def _steps(
                 names[name] = line
         _check_attr_values(attrs, line, known_names, out)
         try:
-            spec = kind.parse(token.content, lang, root)
+            spec = kind.parse(fence.content, lang, root)
         except Exception as exc:  # BodyError, or a kind's own ValueError
             offset = getattr(exc, "offset", 0)
-            out.error(token.map[0] + 2 + offset, str(getattr(exc, "message", exc)))
+            out.error(fence.line + 2 + offset, str(getattr(exc, "message", exc)))
             continue
-        step = Step(name, kind_name, lang, attrs, token.content, line, token.map[0] + 2, spec, undo_of)
+        step = Step(name, kind_name, lang, attrs, fence.content, line, fence.line + 2, spec, undo_of)
         if undo_of is not None:
             undo_blocks.append(step)
         else:
