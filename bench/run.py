@@ -3,7 +3,7 @@
 
 Public tools only: Python's own clocks, the ``ansible-playbook`` next to this
 interpreter, and SQLite (PostgreSQL when ``--pg-url`` is given).  Every
-comparison is measured in ONE process run, interleaved A B A B ..., so that
+comparison is measured in ONE process run, interleaved A B, B A, A B ..., so that
 drift of the machine (page cache, CPU frequency, a neighbour's load) hits
 both sides alike; the ratios are computed from the medians of that run only.
 
@@ -211,11 +211,17 @@ def compile_package() -> None:
 
 def interleave(sides: dict[str, Callable[[], float]], reps: int, warmup: int = 1,
                peaks: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
-    """A B A B ...: ``warmup`` unmeasured rounds, then ``reps`` measured ones (and their peak memory into ``peaks``)."""
+    """A B, B A, A B ...: ``warmup`` unmeasured rounds, then ``reps`` measured ones (and their peak memory into ``peaks``).
+
+    Every other round runs the sides in reverse, so no side always goes first
+    (after the previous round's last side has left the page cache and the
+    CPU in its own state) or always last.
+    """
     samples: dict[str, list[float]] = {name: [] for name in sides}
+    order = list(sides)
     for i in range(warmup + reps):
-        for name, fn in sides.items():
-            t = fn()
+        for name in (order if i % 2 == 0 else order[::-1]):
+            t = sides[name]()
             if i >= warmup:
                 samples[name].append(t)
                 if peaks is not None:
