@@ -10,21 +10,24 @@ commands so ``--help`` stays instant.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .errors import ExitCode, TechnicianOpsError
-from .events import Outcome
+from .outcomes import Outcome
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 OUTCOMES = [o.value for o in Outcome]
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _project(ctx: click.Context, **overrides: Any) -> Any:
+    from pathlib import Path
+
     from .project import load_project
 
     root = ctx.obj.get("project") if ctx.obj else None
@@ -89,6 +92,8 @@ def _looks_like_run_id(text: str) -> bool:
 @click.pass_context
 def lint_cmd(ctx: click.Context, paths: tuple[str, ...], strict: bool) -> None:
     """Validate runbooks; print each problem as path:line: message."""
+    from pathlib import Path
+
     from .loader import lint
 
     project = _project(ctx)
@@ -123,6 +128,8 @@ def _param_options(func: Any) -> Any:
 @click.pass_context
 def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tuple[str, ...], inventory: tuple[str, ...]) -> None:
     """Write the playbook, inventory and ansible.cfg a run would use."""
+    from pathlib import Path
+
     from .api import compile_runbook
     from .params import parse_assignments
 
@@ -263,16 +270,22 @@ class _Cancel:
         return self.flag
 
     def _handler(self, signum: int, frame: Any) -> None:
+        import signal
+
         if self.flag and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.flag = True
 
     def __enter__(self) -> "_Cancel":
+        import signal
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._old[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import signal
+
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
@@ -366,6 +379,7 @@ def schedule_list_cmd(ctx: click.Context) -> None:
 def schedule_export_cmd(ctx: click.Context, fmt: str, binary: str | None, log_dir: str | None, out: str | None) -> None:
     """Print crontab lines (or write systemd .service/.timer units) for scheduled runbooks."""
     import shutil
+    from pathlib import Path
 
     from .schedule import export_crontab, export_systemd
 
@@ -547,6 +561,7 @@ def main(argv: list[str] | None = None) -> None:
 def _debug_log() -> Path:
     import tempfile
     import traceback
+    from pathlib import Path
 
     directory = Path(os.environ.get("TECHNICIAN_OPS_STATE_DIR") or tempfile.gettempdir())
     path = directory / "technician-ops-debug.log"

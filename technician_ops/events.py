@@ -14,20 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from .outcomes import Outcome as Outcome  # re-exported: the event model's own vocabulary
+
 SCHEMA_VERSION = 1
-
-
-class Outcome(str, enum.Enum):
-    """How a run ended.  The audit record and exit code derive from it."""
-
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"  # a step failed, nothing had changed
-    ROLLED_BACK = "rolled_back"
-    ROLLBACK_FAILED = "rollback_failed"
-    INTERRUPTED = "interrupted"
-    SKIPPED = "skipped"  # lock held: nothing ran
-    REFUSED = "refused"  # invalid input or approval missing: nothing ran
 
 
 class StepStatus(str, enum.Enum):
