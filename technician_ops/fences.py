@@ -45,10 +45,10 @@ def fences(text: str) -> list[Fence]:
 
 def _scan(text: str) -> list[Fence] | None:
     """The fences of a plain document; None when the document is not plain."""
-    lines = text.split("\n")
-    if text.endswith("\n"):
-        lines.pop()  # "a\n" is one line, as markdown-it-py counts them
     last_has_newline = text.endswith("\n")
+    lines = text.split("\n")
+    if last_has_newline:
+        lines.pop()  # "a\n" is one line, as markdown-it-py counts them
     found: list[Fence] = []
     i, count = 0, len(lines)
     while i < count:
