@@ -56,7 +56,6 @@ def test_a_pair_is_judged_on_the_ratio_of_medians_and_shows_each_rounds_ratio() 
     assert "1.1111, 0.9231, 3.0" in line and "their median 1.1111" in line
 
 
-
 def test_interleaving_reverses_the_order_every_other_round() -> None:
     bench = _bench_module()
     calls: list[str] = []
@@ -67,6 +66,7 @@ def test_interleaving_reverses_the_order_every_other_round() -> None:
     samples = bench.interleave({"a": side("a"), "b": side("b"), "c": side("c")}, reps=3, warmup=1)
     assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c", "c", "b", "a"]
     assert samples == {"a": [6.0, 7.0, 12.0], "b": [5.0, 8.0, 11.0], "c": [4.0, 9.0, 10.0]}  # warm-up dropped
+
 
 @pytest.mark.integration
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
