@@ -205,7 +205,7 @@ def compile_package() -> None:
     """
     import compileall
 
-    if not compileall.compile_dir(str(REPO / "technician_ops"), quiet=1, rx=re.compile(r"technician_ops/data/")):
+    if not compileall.compile_dir(str(REPO / "technician_ops"), quiet=1, rx=re.compile(r"remote_backup")):
         raise BenchError(f"byte-compiling {REPO / 'technician_ops'} failed")
 
 
@@ -335,7 +335,7 @@ def _pair(samples: dict[str, list[float]], a: str, b: str) -> dict[str, Any]:
 def bench_run_vs_raw(base: Path, hosts: list[int], reps: int, log: Callable[[str], None], warmup: int = 1,
                      accelerate_hosts: frozenset[int] = frozenset()) -> dict[str, Any]:
     """``run`` vs raw at each host count; at ``accelerate_hosts`` also ``run --accelerate`` and naive, interleaved."""
-    from technician_ops import accelerate
+    from technician_ops.engine import accelerate
 
     usable = accelerate.check() if accelerate_hosts else None
     out: dict[str, Any] = {}
@@ -368,7 +368,7 @@ def bench_defaults_vs_naive(base: Path, n: int, reps: int, forks: list[int], log
     for f in forks:  # the compiled playbook with another forks, to size a cheap config change
         sides[f"raw_forks_{f}"] = functools.partial(proj.run_raw_forks, f)
     sides["raw"] = proj.run_raw
-    from technician_ops import accelerate
+    from technician_ops.engine import accelerate
 
     usable = accelerate.check()
     if usable.usable:  # not a target: how much the opt-in mode buys on the same hosts
@@ -582,10 +582,10 @@ def bench_events(n: int, log: Callable[[str], None]) -> dict[str, Any]:
     """
     from rich.console import Console
 
-    from technician_ops.console import JsonView, TextView
+    from technician_ops.outputs.console import JsonView, TextView
     from technician_ops.events import Bus
-    from technician_ops.executor import StepTracker
-    from technician_ops.redact import Redactor
+    from technician_ops.engine.executor import StepTracker
+    from technician_ops.engine.redact import Redactor
 
     events = synthetic_events(n)
     steps = {e["event_data"]["play"]: e["event_data"]["play"] for e in events if e["event"] == "playbook_on_play_start"}

@@ -17,19 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import loader
-from .compiler import (Plan, PlanStep, ansible_cfg, build_plan, controller_inventory, default_forks, dump_yaml,
+from technician_ops.runbook import loader
+from technician_ops.plan.compiler import (Plan, PlanStep, ansible_cfg, build_plan, controller_inventory, default_forks, dump_yaml,
                        params_file)
-from .errors import ApprovalMissing, ConfigError, ExitCode, ParameterError, TechnicianOpsError
-from .events import Bus, Kind, Outcome, Sink, StepStatus
-from .fsutil import atomic_write
-from .model import Runbook
-from .params import bind
-from .project import Project, ensure_private_dir
-from .redact import Redactor
+from technician_ops.errors import ApprovalMissing, ConfigError, ExitCode, ParameterError, TechnicianOpsError
+from technician_ops.events import Bus, Kind, Outcome, Sink, StepStatus
+from technician_ops.fsutil import atomic_write
+from technician_ops.runbook.model import Runbook
+from technician_ops.runbook.params import bind
+from technician_ops.project import Project, ensure_private_dir
+from technician_ops.engine.redact import Redactor
 
 if TYPE_CHECKING:
-    from .audit.sink import RunRecording
+    from technician_ops.audit.sink import RunRecording
 
 EXIT_FOR_OUTCOME = {
     Outcome.SUCCEEDED: ExitCode.OK,
@@ -162,7 +162,7 @@ def load_inventory(project: Project) -> Any:
     """The project's ``inventory.Inventory`` (None without one), answering from the state dir's cache when unchanged."""
     if not project.inventory:
         return None
-    from . import inventory
+    from technician_ops.engine import inventory
 
     return inventory.load(project.inventory, project.state_dir / "cache")
 
@@ -225,7 +225,7 @@ class Emitter:
 
 
 def _user() -> str:
-    from .origin import operator
+    from technician_ops.engine.origin import operator
 
     return str(operator()["user"])
 
@@ -244,8 +244,8 @@ class SecretsHandler:
 def run(request: RunRequest, project: Project, sinks: list[Sink], *, audit: Any = None,
         cancelled: Callable[[], bool] | None = None) -> RunResult:
     """parse -> validate -> plan -> preflight -> execute -> (rollback) -> record."""
-    from .lock import RunLock
-    from .origin import git_info, operator, origin
+    from technician_ops.engine.lock import RunLock
+    from technician_ops.engine.origin import git_info, operator, origin
 
     started = time.monotonic()
     runbook = load(request.runbook, project, strict=request.strict)
@@ -305,7 +305,7 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
             audit.record_skipped(header, f"refused before any change: {exc.message}", outcome="refused")
         raise
     header["artifact_dir"] = str(pdd)
-    from .audit.sink import RunRecording
+    from technician_ops.audit.sink import RunRecording
 
     # Leaving this block without record.finish() (a crash of ours, Ctrl-C twice)
     # finishes the record as "interrupted": it must not stay "running".
@@ -317,8 +317,8 @@ def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, hea
 def _execute_plan(plan: Plan, project: Project, bus: Bus, header: dict[str, Any], approvals: _Approvals,
                   record: RunRecording, cancelled: Callable[[], bool] | None, started: float, redactor: Redactor,
                   pdd: Path, files: dict[str, Path], notices: list[str]) -> RunResult:
-    from .control import ENV_RUN_ID, ENV_STATE_DIR, ControlServer
-    from .executor import StepTracker, execute
+    from technician_ops.engine.control import ENV_RUN_ID, ENV_STATE_DIR, ControlServer
+    from technician_ops.engine.executor import StepTracker, execute
 
     run_id = header["run_id"]
     bus.emit(Kind.RUN_START, **{k: header[k] for k in ("run_id", "runbook", "path", "check", "params", "operator", "origin", "started_at")})
@@ -433,7 +433,7 @@ def run_undo(completed: list[tuple[PlanStep, list[str]]], playbook: Path, pdd: P
     ``exact_hosts``: the host lists are host names (not patterns), so a host
     the undo never reached is a failure too.
     """
-    from .executor import StepTracker, execute
+    from technician_ops.engine.executor import StepTracker, execute
 
     tracker = StepTracker(bus, {f"undo:{ps.name}": ps.name for ps, _ in completed}, "rollback", redactor,
                           {ps.name: "undo" for ps, _ in completed}, {ps.name: ",".join(h) for ps, h in completed})
@@ -458,7 +458,7 @@ def run_undo(completed: list[tuple[PlanStep, list[str]]], playbook: Path, pdd: P
 def _prune_backups(project: Project, plan: Plan, bus: Bus) -> None:
     if not (project.state_dir / "backups").exists():
         return
-    from .backup_steps import prune_backups
+    from technician_ops.steps.backup.controller import prune_backups
 
     keep = int(plan.runbook.meta.get("keep_backups") or project.keep_backups)
     try:
@@ -488,7 +488,7 @@ def _preflight(targets: list[str], inventory: Any) -> None:
     """Every SSH target answers and authenticates before anything changes."""
     names = [h for h in targets if inventory.may_use_ssh(h)]
     if names:
-        from . import preflight
+        from technician_ops.engine import preflight
 
         specs = inventory.preflight_specs(":".join(names))
         if specs:
@@ -498,7 +498,7 @@ def _preflight(targets: list[str], inventory: Any) -> None:
 def _acceleration(request: RunRequest) -> tuple[Path | None, str | None]:
     """(mitogen's strategy dir, None) when ``--accelerate`` asks for it and mitogen can drive this
     Ansible; (None, the one-line notice) when it cannot; (None, None) when not asked."""
-    from . import accelerate
+    from technician_ops.engine import accelerate
 
     if not accelerate.wanted(request.accelerate, request.environ if request.environ is not None else dict(os.environ)):
         return None, None
@@ -519,7 +519,7 @@ def resolve_vault_secrets(plan: Plan, environ: dict[str, str] | None) -> None:
         return
     refs = {name: str(ref) for name, ref in declared.items() if str(ref).startswith("vault:")}
     if refs:
-        from .vault import resolve_refs
+        from technician_ops.steps.vault.client import resolve_refs
 
         plan.params.update(resolve_refs(refs, env=environ))
 
@@ -535,8 +535,8 @@ def check_vault_access(plan: Plan) -> None:
     """
     secrets = [ps.step.spec["secret"] for ps in plan.steps if ps.kind.name == "vault"]
     if secrets:
-        from .vault import VaultPermissionError
-        from .vault_step import check_access
+        from technician_ops.steps.vault.client import VaultPermissionError
+        from technician_ops.steps.vault.controller import check_access
 
         try:
             check_access(secrets, check=plan.check)
@@ -551,7 +551,7 @@ def _redacted_params(plan: Plan) -> dict[str, Any]:
 
 
 def _new_run_id() -> str:
-    from .audit import new_run_id
+    from technician_ops.audit import new_run_id
 
     return new_run_id()
 

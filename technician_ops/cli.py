@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .errors import ExitCode, TechnicianOpsError
-from .outcomes import Outcome
+from technician_ops.errors import ExitCode, TechnicianOpsError
+from technician_ops.outcomes import Outcome
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,7 +28,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 def _project(ctx: click.Context, **overrides: Any) -> Any:
     from pathlib import Path
 
-    from .project import load_project
+    from technician_ops.project import load_project
 
     root = ctx.obj.get("project") if ctx.obj else None
     return load_project(Path(root) if root else None, **overrides)
@@ -49,7 +49,7 @@ def cli(ctx: click.Context, project: str | None) -> None:
 @click.pass_context
 def list_cmd(ctx: click.Context) -> None:
     """The runbooks under runbooks/ with their summaries."""
-    from .api import list_runbooks
+    from technician_ops.api import list_runbooks
 
     project = _project(ctx)
     rows = list_runbooks(project)
@@ -66,8 +66,8 @@ def list_cmd(ctx: click.Context) -> None:
 @click.pass_context
 def show_cmd(ctx: click.Context, name: str) -> None:
     """A runbook's parameters and steps, or a run's audit record (by RUN_ID)."""
-    from .api import load
-    from .errors import NotFound
+    from technician_ops.api import load
+    from technician_ops.errors import NotFound
 
     project = _project(ctx)
     try:
@@ -77,7 +77,7 @@ def show_cmd(ctx: click.Context, name: str) -> None:
             _show_run(ctx, name)
             return
         raise
-    from .render import runbook_text
+    from technician_ops.outputs.render import runbook_text
 
     click.echo(runbook_text(runbook))
 
@@ -94,7 +94,7 @@ def lint_cmd(ctx: click.Context, paths: tuple[str, ...], strict: bool) -> None:
     """Validate runbooks; print each problem as path:line: message."""
     from pathlib import Path
 
-    from .loader import lint
+    from technician_ops.runbook.loader import lint
 
     project = _project(ctx)
     files: list[Path] = []
@@ -130,8 +130,8 @@ def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tu
     """Write the playbook, inventory and ansible.cfg a run would use."""
     from pathlib import Path
 
-    from .api import compile_runbook
-    from .params import parse_assignments
+    from technician_ops.api import compile_runbook
+    from technician_ops.runbook.params import parse_assignments
 
     project = _project(ctx, inventory=inventory)
     files = compile_runbook(name, project, Path(out), parse_assignments(params), check=check)
@@ -163,9 +163,9 @@ def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: t
             approve: tuple[str, ...], output: str, strict: bool, wait_lock: float, skip_preflight: bool,
             accelerate: bool | None, audit_url: str | None, junit: str | None, metrics_file: str | None, notify_url: str | None) -> None:
     """Run a runbook: steps in order, undo on failure, one audit record."""
-    from .api import RunRequest, run
-    from .console import JsonView, TextView
-    from .params import parse_assignments
+    from technician_ops.api import RunRequest, run
+    from technician_ops.outputs.console import JsonView, TextView
+    from technician_ops.runbook.params import parse_assignments
 
     project = _project(ctx, inventory=inventory, audit_url=audit_url)
     view = TextView() if output == "text" else None
@@ -177,7 +177,7 @@ def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: t
             view.console.print(f"[bold yellow]approval needed[/] for step [bold]{step}[/]:\n{text}")
             return click.confirm("Approve?", default=False)
 
-    from .audit import new_run_id
+    from technician_ops.audit import new_run_id
 
     run_id = new_run_id()
     sinks: list[Any] = [view] if view is not None else [JsonView(run_id)]
@@ -216,8 +216,8 @@ class _Reports:
     def sinks(self) -> list[Any]:
         out: list[Any] = [self]
         if self.junit_path:
-            from .api import load
-            from .junit import JUnitSink
+            from technician_ops.api import load
+            from technician_ops.outputs.junit import JUnitSink
 
             try:
                 runbook = load(self.name, self.project)
@@ -238,7 +238,7 @@ class _Reports:
         if self.junit is not None and self.junit_path:
             self.junit.write(self.junit_path)
         if self.metrics_path:
-            from .metrics import write_metrics
+            from technician_ops.outputs.metrics import write_metrics
 
             if result is not None:
                 outcome, duration, code = result.outcome, result.duration, int(result.exit_code)
@@ -251,7 +251,7 @@ class _Reports:
             except TechnicianOpsError as exc:
                 click.echo(f"warning: metrics not written: {exc.message}", err=True)
         if self.notify_url and result is not None:
-            from .notify import message_for, notify, should_notify
+            from technician_ops.outputs.notify import message_for, notify, should_notify
 
             if should_notify(result.outcome):
                 sent = notify(self.notify_url, message_for(self.run_end, self.runbook_name))
@@ -291,13 +291,13 @@ class _Cancel:
 
 
 def _open_store(project: Any) -> Any:
-    from .audit import open_store
+    from technician_ops.audit import open_store
 
     return open_store(project.audit_url, project.root)
 
 
 def _show_run(ctx: click.Context, run_id: str) -> None:
-    from .render import record_text
+    from technician_ops.outputs.render import record_text
 
     project = _project(ctx)
     store = _open_store(project)
@@ -341,8 +341,8 @@ def schedule_group() -> None:
 
 
 def _scheduled(ctx: click.Context) -> tuple[Any, list[Any]]:
-    from . import loader
-    from .schedule import entries
+    from technician_ops.runbook import loader
+    from technician_ops.outputs.schedule import entries
 
     project = _project(ctx.find_root())
     runbooks = []
@@ -358,7 +358,7 @@ def _scheduled(ctx: click.Context) -> tuple[Any, list[Any]]:
 @click.pass_context
 def schedule_list_cmd(ctx: click.Context) -> None:
     """Scheduled runbooks and their next three fire times."""
-    from .schedule import next_fire_times
+    from technician_ops.outputs.schedule import next_fire_times
 
     _project_, items = _scheduled(ctx)
     if not items:
@@ -381,7 +381,7 @@ def schedule_export_cmd(ctx: click.Context, fmt: str, binary: str | None, log_di
     import shutil
     from pathlib import Path
 
-    from .schedule import export_crontab, export_systemd
+    from technician_ops.outputs.schedule import export_crontab, export_systemd
 
     project, items = _scheduled(ctx)
     exe = binary or shutil.which("technician-ops") or str(Path(sys.executable).parent / "technician-ops")
@@ -410,7 +410,7 @@ def audit_group() -> None:
 @click.pass_context
 def audit_verify_cmd(ctx: click.Context, audit_url: str | None) -> None:
     """Check the hash chain; report the first edited, deleted, inserted or reordered record."""
-    from .errors import AuditTampered
+    from technician_ops.errors import AuditTampered
 
     project = _project(ctx.find_root(), audit_url=audit_url)
     store = _open_store(project)
@@ -457,7 +457,7 @@ def backups_list_cmd(ctx: click.Context, run_id: str | None, no_verify: bool) ->
     """Stored backups, of one run or of all, with whether each still matches its sha256."""
     import datetime as dt
 
-    from .past_runs import list_backups
+    from technician_ops.engine.past_runs import list_backups
 
     rows = list_backups(_project(ctx.find_root()), run_id, verify=not no_verify)
     if not rows:
@@ -471,8 +471,8 @@ def backups_list_cmd(ctx: click.Context, run_id: str | None, no_verify: bool) ->
 
 def _undo_command(ctx: click.Context, action: str, run_id: str, yes: bool, output: str, skip_preflight: bool,
                   audit_url: str | None) -> None:
-    from .console import JsonView, TextView
-    from .past_runs import recover_run, rollback_run
+    from technician_ops.outputs.console import JsonView, TextView
+    from technician_ops.engine.past_runs import recover_run, rollback_run
 
     project = _project(ctx, audit_url=audit_url)
     view = TextView() if output == "text" else None
@@ -482,7 +482,7 @@ def _undo_command(ctx: click.Context, action: str, run_id: str, yes: bool, outpu
         click.echo(text)
         return click.confirm(f"{what.capitalize()} now?", default=False)
 
-    from .audit import new_run_id
+    from technician_ops.audit import new_run_id
 
     new_id = new_run_id()
     sinks: list[Any] = [view] if view is not None else [JsonView(new_id)]

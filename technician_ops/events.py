@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from .outcomes import Outcome as Outcome  # re-exported: the event model's own vocabulary
+from technician_ops.outcomes import Outcome as Outcome  # re-exported: the event model's own vocabulary
 
 SCHEMA_VERSION = 1
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from technician_ops.errors import ConfigError
 
 ENV = {
     "inventory": "TECHNICIAN_OPS_INVENTORY",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from technician_ops.errors import ConfigError, DependencyUnavailable, ExitCode
-from technician_ops.preflight import (
+from technician_ops.engine.preflight import (
     HostKeyPolicy,
     HostSpec,
     Reason,

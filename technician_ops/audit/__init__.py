@@ -12,9 +12,9 @@ import pathlib
 
 from technician_ops.errors import AuditError
 
-from .chain import VerifyResult, canonical_json, verify_jsonl
-from .runid import new_run_id
-from .store import AuditStore
+from technician_ops.audit.chain import VerifyResult, canonical_json, verify_jsonl
+from technician_ops.audit.runid import new_run_id
+from technician_ops.audit.store import AuditStore
 
 DEFAULT_DIR = ".technician-ops"
 DEFAULT_FILE = "audit.db"
@@ -33,7 +33,7 @@ def open_store(url: str | None, project_root: pathlib.Path) -> AuditStore:
     ``None``/``''``: SQLite at ``<project_root>/.technician-ops/audit.db``;
     ``sqlite:///abs/path.db``: SQLite there; ``postgresql://...``: PostgreSQL.
     """
-    from .sqlite import SqliteStore
+    from technician_ops.audit.sqlite import SqliteStore
 
     store: AuditStore
     if not url:
@@ -45,7 +45,7 @@ def open_store(url: str | None, project_root: pathlib.Path) -> AuditStore:
         path = pathlib.Path(raw)
         store = SqliteStore(path, private_dir=not path.parent.exists())
     elif url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
+        from technician_ops.audit.postgres import PostgresStore
 
         store = PostgresStore(url)
     else:

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 
 from technician_ops.errors import AuditError
 
-from .store import AuditStore
+from technician_ops.audit.store import AuditStore
 
 CONNECT_TIMEOUT_S = 10
 # Serializes concurrent first-time schema creation (CREATE ... IF NOT EXISTS

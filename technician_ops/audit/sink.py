@@ -22,7 +22,7 @@ from technician_ops.errors import AuditError
 from technician_ops.events import Bus, Event, Outcome
 
 if TYPE_CHECKING:
-    from .store import AuditStore
+    from technician_ops.audit.store import AuditStore
 
 
 class AuditSink:

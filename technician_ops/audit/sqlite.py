@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 from technician_ops.errors import AuditError
 
-from .store import AuditStore, BackgroundQuery
+from technician_ops.audit.store import AuditStore, BackgroundQuery
 
 BUSY_TIMEOUT_S = 30.0
 FILE_MODE = 0o600

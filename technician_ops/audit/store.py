@@ -39,9 +39,9 @@ from typing import Any, Iterator, Protocol, Sequence, TextIO
 from technician_ops.errors import AuditError, AuditTampered, NotFound
 from technician_ops.events import Event, Outcome
 
-from .chain import (GENESIS, ChainBreak, ChainRow, ChainWalker, VerifyResult, canonical_json,
+from technician_ops.audit.chain import (GENESIS, ChainBreak, ChainRow, ChainWalker, VerifyResult, canonical_json,
                     chain_hash, explain_link, finish_walk)
-from .fold import FINAL_OUTCOMES, finalize, fold, iso_utc
+from technician_ops.audit.fold import FINAL_OUTCOMES, finalize, fold, iso_utc
 
 SCHEMA_VERSION = 1
 

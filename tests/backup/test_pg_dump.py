@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from technician_ops.backup import BackupError, BackupStore, BackupUnverifiable, pg_binary, pg_dump, verify_pg_dump
+from technician_ops.steps.backup.store import BackupError, BackupStore, BackupUnverifiable, pg_binary, pg_dump, verify_pg_dump
 
 
 PgCluster = Any  # conftest.PgCluster; conftest modules are not importable by name

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from technician_ops.backup import REMOTE_SCRIPT, BackupCorrupted, interpret_remote_result
+from technician_ops.steps.backup.store import REMOTE_SCRIPT, BackupCorrupted, interpret_remote_result
 
 
 def run_script(*args: str) -> tuple[int, dict[str, Any]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from technician_ops.backup import BackupCorrupted, BackupError, BackupStore, sha256_file
+from technician_ops.steps.backup.store import BackupCorrupted, BackupError, BackupStore, sha256_file
 from technician_ops.errors import ExitCode
 
 

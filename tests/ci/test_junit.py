@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from technician_ops.events import Bus, Kind
-from technician_ops.junit import JUnitSink
-from technician_ops.redact import Redactor
+from technician_ops.outputs.junit import JUnitSink
+from technician_ops.engine.redact import Redactor
 
 XSD = Path(__file__).with_name("junit.xsd")
 XS = "{http://www.w3.org/2001/XMLSchema}"

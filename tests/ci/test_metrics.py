@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from technician_ops.events import Outcome
-from technician_ops.metrics import OUTCOMES, MetricsError, runbooks_in, write_metrics
+from technician_ops.outputs.metrics import OUTCOMES, MetricsError, runbooks_in, write_metrics
 
 
 def parse(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from technician_ops.events import Outcome
-from technician_ops.notify import message_for, notify, should_notify
+from technician_ops.outputs.notify import message_for, notify, should_notify
 
 
 class Hook:

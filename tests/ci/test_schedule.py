@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from technician_ops.loader import load_runbook
-from technician_ops.schedule import (ScheduleError, entries, export_crontab, export_systemd, next_fire_times,
+from technician_ops.runbook.loader import load_runbook
+from technician_ops.outputs.schedule import (ScheduleError, entries, export_crontab, export_systemd, next_fire_times,
                                      on_calendar)
 
 BIN = "/opt/technician ops/bin/technician-ops"  # a space: quoting must hold

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from technician_ops import accelerate
+from technician_ops.engine import accelerate
 from technician_ops.errors import ExitCode
 from technician_ops.events import Outcome
 from tests.integration.test_runs import run_demo

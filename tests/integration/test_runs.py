@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from technician_ops.api import RunRequest, run
-from technician_ops.console import JsonView
+from technician_ops.outputs.console import JsonView
 from technician_ops.errors import ApprovalMissing, ExitCode, RunbookError
 from technician_ops.events import Outcome
 

@@ -47,7 +47,7 @@ def marker(testbed, host) -> Path:  # type: ignore[no-untyped-def]
 
 
 def go(root: Path, name: str, **kw):  # type: ignore[no-untyped-def]
-    from technician_ops.console import TextView
+    from technician_ops.outputs.console import TextView
 
     return run(RunRequest(name, run_id=f"ssh-{name}", **kw), load_project(root, environ={}), [TextView()])
 

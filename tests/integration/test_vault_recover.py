@@ -28,10 +28,11 @@ from typing import Any
 
 import pytest
 
-from technician_ops import api, past_runs
+from technician_ops import api
+from technician_ops.engine import past_runs
 from technician_ops.audit import open_store
 from technician_ops.events import Outcome
-from technician_ops.vault import VaultPermissionError
+from technician_ops.steps.vault.client import VaultPermissionError
 from tests.integration.test_vault_steps import RUNBOOK, STEP, Case, case  # noqa: F401 - case is a fixture
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from technician_ops import api
-from technician_ops.console import JsonView
+from technician_ops.outputs.console import JsonView
 from technician_ops.events import Event, Kind, Outcome
 from tests.conftest import DemoProject
 from tests.integration.conftest import Postgres

@@ -1,4 +1,4 @@
-"""Integration tests of technician_ops.terraform against the real terraform binary.
+"""Integration tests of technician_ops.steps.terraform.client against the real terraform binary.
 
 Offline: the fixture modules use only the built-in ``terraform_data``
 resource and the built-in ``local-exec`` provisioner, so ``terraform init``
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from technician_ops.errors import ExitCode, NotFound, TechnicianOpsError
-from technician_ops.terraform import (
+from technician_ops.steps.terraform.client import (
     TerraformError,
     TerraformLocked,
     TerraformModule,

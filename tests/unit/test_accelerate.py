@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from technician_ops import accelerate
+from technician_ops.engine import accelerate
 
 
 def _fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mitogen: str | None, core: str, loaders: str = "") -> None:

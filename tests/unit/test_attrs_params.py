@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from technician_ops.attrs import AttrError, parse_attrs, split_info
+from technician_ops.runbook.attrs import AttrError, parse_attrs, split_info
 from technician_ops.errors import ParameterError
-from technician_ops.model import Param
-from technician_ops.params import bind, parse_assignments, parse_duration
+from technician_ops.runbook.model import Param
+from technician_ops.runbook.params import bind, parse_assignments, parse_duration
 
 
 @pytest.mark.parametrize("info,lang,attrs", [

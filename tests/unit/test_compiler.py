@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from technician_ops.api import bind_plan, write_plan
-from technician_ops.loader import load_runbook
+from technician_ops.runbook.loader import load_runbook
 
 RUNBOOK = """---
 hosts: web
@@ -121,7 +121,7 @@ def test_ansible_cfg_is_explicit(tmp_path: Path) -> None:
 
 
 def test_accelerated_runs_detect_dead_hosts_as_fast_as_ssh() -> None:
-    from technician_ops.compiler import controller_inventory
+    from technician_ops.plan.compiler import controller_inventory
 
     plain = yaml.safe_load(controller_inventory(["web1"]))
     assert "vars" not in plain["all"] and plain["all"]["hosts"]["web1"]["ansible_python_interpreter"]
@@ -130,13 +130,13 @@ def test_accelerated_runs_detect_dead_hosts_as_fast_as_ssh() -> None:
 
 
 def _step(body: str, **attrs: str):  # type: ignore[no-untyped-def]
-    from technician_ops.model import Step
+    from technician_ops.runbook.model import Step
 
     return Step(name="s", kind="ansible", lang="yaml", body=body, line=1, body_line=2, attrs={"name": "s", **attrs})
 
 
 def test_a_step_gathers_facts_only_when_it_reads_them() -> None:
-    from technician_ops.compiler import uses_facts
+    from technician_ops.plan.compiler import uses_facts
 
     reads = ["- debug: {msg: \"{{ ansible_facts['hostname'] }}\"}",
              "- debug: {msg: \"{{ ansible_hostname }}\"}",
@@ -177,7 +177,7 @@ def test_facts_are_gathered_for_those_plays_only_and_cached_under_the_state_dir(
 
 
 def test_forks_one_per_cpu_for_local_hosts_one_per_target_for_ssh_or_mitogen() -> None:
-    from technician_ops.compiler import default_forks
+    from technician_ops.plan.compiler import default_forks
 
     assert default_forks(50, remote=False, cpus=2) == 2
     assert default_forks(1, remote=False, cpus=8) == 8

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 from rich.text import Text
 
-from technician_ops.console import TextView
+from technician_ops.outputs.console import TextView
 from technician_ops.events import Event, Kind
 
 EVENTS = [

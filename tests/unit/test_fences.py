@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from technician_ops.fences import Fence, _parse, _scan, fences
+from technician_ops.runbook.fences import Fence, _parse, _scan, fences
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from technician_ops import inventory
+from technician_ops.engine import inventory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def _ask(inv: Path, cache: Path, cwd: Path | None = None, **env: str) -> dict[st
     probe = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from technician_ops import inventory\n"
+        "from technician_ops.engine import inventory\n"
         f"inv = inventory.load((Path({str(inv)!r}),), Path({str(cache)!r}))\n"
         "out = {'all': inv.all_hosts(), 'web': inv.hosts('web'), 'local_no_python': inv.local_hosts_without_python(),"
         " 'ssh': {h: inv.may_use_ssh(h) for h in inv.all_hosts()}}\n"

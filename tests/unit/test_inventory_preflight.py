@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from technician_ops import inventory, preflight
+from technician_ops.engine import inventory
+from technician_ops.engine import preflight
 
 INI = """\
 [web]

@@ -11,13 +11,15 @@ from typing import Any
 
 import pytest
 
-from technician_ops import backup_steps, kinds, terraform_steps
-from technician_ops.backup import BackupCorrupted
-from technician_ops.compiler import build_plan
-from technician_ops.kinds.base import BodyError, CompileContext
-from technician_ops.loader import load_runbook
-from technician_ops.model import Step
-from technician_ops.terraform import remember_apply
+from technician_ops.steps.backup import controller as backup_steps
+from technician_ops import steps as kinds
+from technician_ops.steps.terraform import controller as terraform_steps
+from technician_ops.steps.backup.store import BackupCorrupted
+from technician_ops.plan.compiler import build_plan
+from technician_ops.steps.base import BodyError, CompileContext
+from technician_ops.runbook.loader import load_runbook
+from technician_ops.runbook.model import Step
+from technician_ops.steps.terraform.client import remember_apply
 
 REPO = Path(__file__).resolve().parents[2]
 

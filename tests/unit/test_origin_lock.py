@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from technician_ops.errors import LockHeld
-from technician_ops.lock import RunLock
-from technician_ops.origin import origin
+from technician_ops.engine.lock import RunLock
+from technician_ops.engine.origin import origin
 
 
 @pytest.mark.parametrize("env,system,run_id,url", [
@@ -44,7 +44,7 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
 
 
 def test_sigkilled_holder_frees_the_lock_at_once(tmp_path: Path) -> None:
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from technician_ops.lock import RunLock; "
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from technician_ops.engine.lock import RunLock; "
             "RunLock(__import__('pathlib').Path(sys.argv[2]), 'x').acquire(); print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).resolve().parents[2]), str(tmp_path)],
                               stdout=subprocess.PIPE, text=True)

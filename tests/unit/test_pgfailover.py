@@ -1,10 +1,10 @@
-"""The failover refusal and fence rules of technician_ops.pgfailover, table by table (no server)."""
+"""The failover refusal and fence rules of technician_ops.contrib.pg_failover, table by table (no server)."""
 
 from __future__ import annotations
 
 import pytest
 
-from technician_ops.pgfailover import NodeState, decide_fence, decide_preflight, parse_lsn
+from technician_ops.contrib.pg_failover import NodeState, decide_fence, decide_preflight, parse_lsn
 
 MB = 1 << 20
 

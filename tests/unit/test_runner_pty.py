@@ -5,7 +5,7 @@ from __future__ import annotations
 import pexpect
 import pytest
 
-from technician_ops.runner_pty import ReapedSpawn, spawn_without_close_delay
+from technician_ops.engine.runner_pty import ReapedSpawn, spawn_without_close_delay
 
 
 def _reaped(child: ReapedSpawn) -> None:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from technician_ops.kinds import registry
-from technician_ops.kinds.base import BodyError, CompileContext
-from technician_ops.kinds.vault import parse_spec
-from technician_ops.model import Runbook, Step
+from technician_ops.steps import registry
+from technician_ops.steps.base import BodyError, CompileContext
+from technician_ops.steps.vault.kind import parse_spec
+from technician_ops.runbook.model import Runbook, Step
 
 GOOD = """\
 secret: vault:secret/app/db#password

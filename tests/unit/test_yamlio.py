@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from technician_ops import yamlio
+from technician_ops.runbook import yamlio
 
 TEXTS = [
     "- ansible.builtin.command: /bin/true\n  changed_when: false\n",

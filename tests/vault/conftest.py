@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from technician_ops import vault
+from technician_ops.steps.vault import client as vault
 from tests.support.openbao import OpenBaoServer
 
 @pytest.fixture

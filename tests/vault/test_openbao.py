@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from technician_ops import vault
+from technician_ops.steps.vault import client as vault
 from technician_ops.errors import ConfigError, DependencyUnavailable, ExitCode, TechnicianOpsError
-from technician_ops.vault import (
+from technician_ops.steps.vault.client import (
     SecretRef,
     VaultClient,
     VaultConflict,

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from technician_ops.errors import ExitCode
-from technician_ops.vault import (
+from technician_ops.steps.vault.client import (
     CHARSETS,
     Rotation,
     SecretGenerationError,

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from technician_ops import vault, vault_step
+from technician_ops.steps.vault import client as vault
+from technician_ops.steps.vault import controller as vault_step
 from technician_ops.errors import DependencyUnavailable
 
 

@@ -10,7 +10,7 @@ class ActionModule(ActionBase):
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
-        from technician_ops.control import call
+        from technician_ops.engine.control import call
 
         result = super().run(tmp, task_vars)
         step = self._task.args.get("step", "")

@@ -20,9 +20,9 @@ class ActionModule(ActionBase):
     _requires_connection = False
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        from technician_ops import backup_steps
-        from technician_ops.backup import interpret_remote_result
-        from technician_ops.control import NOT_UNDER_RUN, call, run_context
+        from technician_ops.steps.backup import controller as backup_steps
+        from technician_ops.steps.backup.store import interpret_remote_result
+        from technician_ops.engine.control import NOT_UNDER_RUN, call, run_context
         from technician_ops.errors import TechnicianOpsError
 
         result: dict[str, Any] = super().run(tmp, task_vars)

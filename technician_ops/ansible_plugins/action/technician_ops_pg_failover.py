@@ -38,7 +38,7 @@ class ActionModule(ActionBase):
     _requires_connection = False
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        from technician_ops.control import call
+        from technician_ops.engine.control import call
         from technician_ops.errors import TechnicianOpsError
 
         result: dict[str, Any] = super().run(tmp, task_vars)
@@ -73,7 +73,7 @@ class ActionModule(ActionBase):
     # ------------------------------------------------------------------ ops
 
     def _op_preflight(self, args: dict[str, Any], task_vars: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        from technician_ops import pgfailover
+        from technician_ops.contrib import pg_failover as pgfailover
 
         primary, standby = str(args["primary"]), str(args["standby"])
         names = [str(n) for n in args.get("nodes") or [primary, standby]]
@@ -100,7 +100,7 @@ class ActionModule(ActionBase):
         return {"msg": msg, "ansible_facts": facts}, [artifact]
 
     def _op_verify_fence(self, args: dict[str, Any], task_vars: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        from technician_ops import pgfailover
+        from technician_ops.contrib import pg_failover as pgfailover
 
         primary, standby = str(args["primary"]), str(args["standby"])
         db = self._db(args)
@@ -136,7 +136,7 @@ class ActionModule(ActionBase):
         return {"msg": artifact["summary"] + ": " + "; ".join(fence.evidence), "fence": fence.as_dict()}, [artifact]
 
     def _op_verify_promotion(self, args: dict[str, Any], task_vars: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        from technician_ops import pgfailover
+        from technician_ops.contrib import pg_failover as pgfailover
 
         standby = str(args["standby"])
         marker = args.get("marker")
@@ -160,7 +160,7 @@ class ActionModule(ActionBase):
         return {"msg": artifact["summary"], "timeline_after": state.timeline}, [artifact]
 
     def _op_verify(self, args: dict[str, Any], task_vars: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        from technician_ops import pgfailover
+        from technician_ops.contrib import pg_failover as pgfailover
 
         primary, standby = str(args["primary"]), str(args["standby"])
         db = self._db(args)

@@ -2,7 +2,7 @@
 
 Runs on localhost without a connection.  Ansible has already rendered the
 arguments (so ``vars`` hold the run's parameter values); this plugin only
-adapts them to :mod:`technician_ops.terraform_steps` and reports artifacts
+adapts them to :mod:`technician_ops.steps.terraform.controller` and reports artifacts
 over the control channel.  A held state lock fails the step with a message
 that says it is safe to retry.
 """
@@ -20,10 +20,10 @@ class ActionModule(ActionBase):
     _requires_connection = False
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        from technician_ops import terraform_steps
-        from technician_ops.control import NOT_UNDER_RUN, call, run_context
+        from technician_ops.steps.terraform import controller as terraform_steps
+        from technician_ops.engine.control import NOT_UNDER_RUN, call, run_context
         from technician_ops.errors import TechnicianOpsError
-        from technician_ops.terraform import TerraformLocked
+        from technician_ops.steps.terraform.client import TerraformLocked
 
         result: dict[str, Any] = super().run(tmp, task_vars)
         task_vars = task_vars or {}

@@ -1,7 +1,7 @@
 """Action plugin: undo of a ``vault`` step, on the controller.
 
 Reads the rotation the step recorded in its state file, writes version N's
-data again as a new version (:func:`technician_ops.vault_step.roll_back`) and
+data again as a new version (:func:`technician_ops.steps.vault.controller.roll_back`) and
 returns version N's value, no_log, for the re-run of the step's apply and
 verify tasks.  ``reapply`` says whether there is a value to re-apply: a
 rotation that published nothing, or created the key, has none.
@@ -19,8 +19,8 @@ class ActionModule(ActionBase):
     _requires_connection = False
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        from technician_ops import vault_step
-        from technician_ops.control import call
+        from technician_ops.steps.vault import controller as vault_step
+        from technician_ops.engine.control import call
 
         result = super().run(tmp, task_vars)
         step = str(self._task.args.get("step", ""))

@@ -1,6 +1,6 @@
 """Action plugin: the ``vault`` step's rotation, on the controller.
 
-Rotates the secret through :mod:`technician_ops.vault_step` (intent recorded,
+Rotates the secret through :mod:`technician_ops.steps.vault.controller` (intent recorded,
 then a check-and-set write) and returns the new value in the task result,
 marked ``_ansible_no_log``: the step registers the result, so the apply and
 verify tasks of the same play read the value from memory.  Ansible censors a
@@ -24,8 +24,8 @@ class ActionModule(ActionBase):
     _requires_connection = False
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        from technician_ops import vault_step
-        from technician_ops.control import call
+        from technician_ops.steps.vault import controller as vault_step
+        from technician_ops.engine.control import call
 
         result = super().run(tmp, task_vars)
         args = self._task.args

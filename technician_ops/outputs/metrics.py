@@ -1,0 +1,138 @@
+"""Last-run metrics for the node exporter's textfile collector.
+
+Scheduled runbooks fail silently unless something watches them; a ``.prom``
+file that the node exporter already scrapes is the cheapest watcher: alert on
+``time() - technician_ops_last_success_timestamp_seconds > X`` or on
+``technician_ops_last_run_outcome{outcome!="succeeded"} == 1``.
+
+Several runbooks share one file, so a write reads the file, replaces this
+runbook's series and keeps every other runbook's.  The read-modify-write is
+serialised with ``flock`` on a sibling ``.lock`` file (the collector only reads
+``*.prom``), and the new file is renamed into place, so the collector never
+scrapes half a file.  The file belongs to technician-ops: metric families
+other than the ones below are not carried over.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from technician_ops.errors import ConfigError
+from technician_ops.events import Outcome
+from technician_ops.fsutil import atomic_write
+
+PREFIX = "technician_ops_last_"
+OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.RUNNING)
+# name -> (help, labels besides runbook)
+FAMILIES: dict[str, str] = {
+    "technician_ops_last_run_outcome": "1 for the outcome of the runbook's last run, 0 for every other outcome.",
+    "technician_ops_last_run_duration_seconds": "Duration of the runbook's last run.",
+    "technician_ops_last_run_timestamp_seconds": "Unix time at which the runbook's last run ended.",
+    "technician_ops_last_success_timestamp_seconds": "Unix time at which the runbook last succeeded.",
+    "technician_ops_last_run_exit_code": "Exit code of the runbook's last run.",
+}
+
+Series = dict[str, dict[tuple[tuple[str, str], ...], float]]  # family -> label set -> value
+
+
+class MetricsError(ConfigError):
+    """The metrics file cannot be read or written."""
+
+
+def write_metrics(path: str | os.PathLike[str], runbook: str, outcome: Outcome | str, duration: float,
+                  ended_at_ts: float, exit_code: int) -> Path:
+    """Record the run of ``runbook`` in ``path``, keeping other runbooks' series."""
+    target = Path(path)
+    outcome_value = Outcome(outcome).value
+    if outcome_value not in OUTCOMES:
+        raise MetricsError(f"cannot record outcome {outcome_value!r}: the run has not ended")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(target.with_name(target.name + ".lock"), os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise MetricsError(f"cannot write metrics next to {target}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        series = _read(target)
+        last_success = series["technician_ops_last_success_timestamp_seconds"].get((("runbook", runbook),))
+        for family in series.values():
+            for labels in [k for k in family if dict(k).get("runbook") == runbook]:
+                del family[labels]
+        rb = (("runbook", runbook),)
+        for value in OUTCOMES:
+            series["technician_ops_last_run_outcome"][_key(runbook=runbook, outcome=value)] = 1.0 if value == outcome_value else 0.0
+        series["technician_ops_last_run_duration_seconds"][rb] = float(duration)
+        series["technician_ops_last_run_timestamp_seconds"][rb] = float(ended_at_ts)
+        series["technician_ops_last_run_exit_code"][rb] = float(exit_code)
+        if outcome_value == Outcome.SUCCEEDED.value:
+            last_success = float(ended_at_ts)
+        if last_success is not None:
+            series["technician_ops_last_success_timestamp_seconds"][rb] = last_success
+        _write_atomic(target, render(series))
+    finally:
+        os.close(lock_fd)  # releases the flock
+    return target
+
+
+def _read(path: Path) -> Series:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    series: Series = {name: {} for name in FAMILIES}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return series
+    except OSError as exc:
+        raise MetricsError(f"cannot read metrics file {path}: {exc.strerror}") from exc
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in series:
+                    series[sample.name][_key(**sample.labels)] = float(sample.value)
+    except ValueError as exc:
+        raise MetricsError(f"metrics file {path} is not in the Prometheus text format: {exc}",
+                           hint="delete it; the next run of each runbook writes its series again") from exc
+    return series
+
+
+def render(series: Series) -> str:
+    """Prometheus text exposition format, families and series in a stable order."""
+    lines: list[str] = []
+    for name, help_text in FAMILIES.items():
+        family = series.get(name) or {}
+        if not family:
+            continue
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        for labels in sorted(family, key=lambda k: (dict(k).get("runbook", ""), k)):
+            # runbook first: a person reading the file sees one runbook's series together
+            ordered = sorted(labels, key=lambda kv: (kv[0] != "runbook", kv[0]))
+            rendered = ",".join(f'{key}="{_escape(value)}"' for key, value in ordered)
+            lines.append(f"{name}{{{rendered}}} {_number(family[labels])}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _key(**labels: str) -> tuple[tuple[str, str], ...]:
+    """The one canonical form of a label set, so a series read back replaces the one written."""
+    return tuple(sorted(labels.items()))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
+def _write_atomic(target: Path, text: str) -> None:
+    atomic_write(target, text.encode("utf-8"), mode=0o644)  # the node exporter usually runs as another user
+
+
+def runbooks_in(path: str | os.PathLike[str]) -> Iterable[str]:
+    """The runbooks that have series in ``path`` (for tooling and tests)."""
+    series = _read(Path(path))
+    return sorted({dict(k)["runbook"] for family in series.values() for k in family if "runbook" in dict(k)})

@@ -1,0 +1,93 @@
+"""Plain-text renderings of a runbook and of an audit record (``show``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from technician_ops.runbook.model import Runbook
+
+
+def runbook_text(runbook: Runbook) -> str:
+    from technician_ops import steps as kinds
+
+    lines = [f"{runbook.name} — {runbook.summary}".rstrip(" —"), f"  file: {runbook.path}", f"  lock: {runbook.lock}"]
+    if runbook.hosts:
+        lines.append(f"  hosts: {runbook.hosts}")
+    if runbook.schedule:
+        lines.append(f"  schedule: {runbook.schedule}")
+    lines.append("")
+    lines.append("parameters:" if runbook.params else "parameters: none")
+    for p in runbook.params.values():
+        bits = [p.type + (f" ({'|'.join(p.choices)})" if p.choices else "")]
+        bits.append("required" if p.required else f"default={p.default!r}")
+        if p.name in runbook.secrets or p.secret:
+            bits.append("secret")
+        lines.append(f"  {p.name:20} {', '.join(bits)}" + (f"  — {p.help}" if p.help else ""))
+    lines.append("")
+    lines.append("steps:")
+    registry = kinds.registry()
+    for i, step in enumerate(runbook.steps, 1):
+        kind = registry[step.kind]
+        hosts = "controller" if kind.controller else (step.hosts or runbook.hosts or "?")
+        if step.name in runbook.undos:
+            undo = f"undo at line {runbook.undos[step.name].line}"
+        elif kind.has_auto_undo(step):
+            undo = "automatic undo"
+        elif not kind.changes_things(step):
+            undo = "read-only"
+        else:
+            undo = "NO UNDO"
+        lines.append(f"  {i:2}. {step.name:24} {step.kind:9} hosts={hosts:16} {undo}  (line {step.line})")
+    return "\n".join(lines)
+
+
+def record_text(record: dict[str, Any]) -> str:
+    op = record.get("operator") or {}
+    origin = record.get("origin") or {}
+    lines = [
+        f"run {record.get('run_id')}  {record.get('runbook')}  {str(record.get('outcome', '')).upper()}"
+        + ("  (check mode)" if record.get("check") else ""),
+        f"  started {record.get('started_at')}  ended {record.get('ended_at')}",
+        f"  by {op.get('user')}@{op.get('host')} via {origin.get('type')}"
+        + (f" ({origin.get('system')} {origin.get('run_id') or ''} {origin.get('url') or ''})".rstrip() if origin.get("system") else ""),
+        f"  runbook {record.get('path')} sha256 {str(record.get('runbook_sha256', ''))[:16]}"
+        + (f" git {record['git'].get('commit', '')[:12]}{' (dirty)' if record['git'].get('dirty') else ''}" if record.get("git") else ""),
+    ]
+    if record.get("reason"):
+        lines.append(f"  reason: {record['reason']}")
+    if record.get("params"):
+        lines.append("  params: " + ", ".join(f"{k}={v}" for k, v in record["params"].items()))
+    for a in record.get("approvals") or []:
+        lines.append(f"  approval: {a.get('step')} {'approved' if a.get('approved') else 'refused'} by {a.get('by')} ({a.get('user')})")
+    steps = record.get("steps") or {}
+    if steps:
+        lines.append("  steps:")
+    for step in _iter_steps(steps):
+        lines.append(f"    {step.get('name')}: {step.get('status')} ({step.get('duration', 0)}s)")
+        for host, h in (step.get("hosts") or {}).items():
+            err = f" — {h.get('error')}" if h.get("error") else ""
+            lines.append(f"      {host}: {h.get('status')} {h.get('duration', 0)}s{err}")
+    rollback = record.get("rollback") or {}
+    if rollback:
+        lines.append(f"  rollback: {rollback.get('outcome')} (undo order: {', '.join(rollback.get('planned') or []) or '-'})")
+        for step in _iter_steps(rollback.get("steps") or {}):
+            lines.append(f"    undo {step.get('name')}: {step.get('status')}")
+            for host, h in (step.get("hosts") or {}).items():
+                lines.append(f"      {host}: {h.get('status')}" + (f" — {h.get('error')}" if h.get("error") else ""))
+        for f in rollback.get("failures") or []:
+            lines.append(f"    FAILED undo {f.get('step')} on {f.get('host')}: {f.get('error')}")
+    for kind, items in (record.get("artifacts") or {}).items():
+        for item in items:
+            lines.append(f"  {kind}: {item}")
+    for note in record.get("notices") or []:
+        lines.append(f"  note: {note.get('message') if isinstance(note, dict) else note}")
+    if record.get("artifact_dir"):
+        lines.append(f"  artifacts: {record['artifact_dir']}")
+    return "\n".join(lines)
+
+
+def _iter_steps(steps: Any) -> list[dict[str, Any]]:
+    if isinstance(steps, dict):
+        items = [{"name": k, **v} for k, v in steps.items()]
+        return sorted(items, key=lambda s: s.get("order", 0))
+    return list(steps or [])

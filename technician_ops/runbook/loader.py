@@ -1,0 +1,372 @@
+"""parse + validate: Markdown text -> ``Runbook``, or every problem at path:line.
+
+Nothing runs on an invalid runbook: ``load_runbook`` raises ``RunbookError``
+carrying all diagnostics; ``lint`` returns them (warnings too).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from technician_ops import steps as kinds
+from technician_ops.runbook import yamlio
+from technician_ops.runbook.attrs import AttrError, parse_attrs, split_info
+from technician_ops.errors import Diagnostic, NotFound, RunbookError
+from technician_ops.runbook.fences import fences
+from technician_ops.runbook.model import Param, Runbook, Step
+from technician_ops.runbook.params import TYPES, coerce, parse_duration
+from technician_ops.errors import ParameterError
+
+FRONT_MATTER_KEYS = {
+    "name", "summary", "description", "hosts", "params", "secrets", "lock", "schedule",
+    "timeout", "tags", "owner", "vars", "keep_backups",
+}
+PARAM_KEYS = {"type", "required", "default", "help", "choices"}
+COMMON_ATTRS = {
+    "name", "kind", "hosts", "serial", "timeout", "when", "retries", "delay",
+    "continue_on_error", "max_fail_percentage", "become", "become_user", "rollback", "facts",
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_CRON_ALIASES = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight", "@reboot"}
+
+
+class _Collector:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[Diagnostic] = []
+
+    def error(self, line: int, message: str) -> None:
+        self.items.append(Diagnostic(self.path, line, message))
+
+    def warn(self, line: int, message: str) -> None:
+        self.items.append(Diagnostic(self.path, line, message, "warning"))
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.items if d.severity == "error"]
+
+
+def find_runbook(name_or_path: str, project_root: Path) -> Path:
+    """A runbook by name (``db-failover``) under runbooks/, or by path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".md" or "/" in name_or_path:
+        path = candidate if candidate.is_absolute() else Path.cwd() / candidate
+        if path.is_file():
+            return path
+        raise NotFound(f"runbook file {name_or_path} does not exist")
+    path = project_root / "runbooks" / f"{name_or_path}.md"
+    if path.is_file():
+        return path
+    available = sorted(p.stem for p in (project_root / "runbooks").glob("*.md"))
+    raise NotFound(
+        f"no runbook named {name_or_path!r} in {project_root / 'runbooks'}",
+        hint=f"available: {', '.join(available)}" if available else "run 'technician-ops list'",
+    )
+
+
+def load_runbook(path: Path, project_root: Path | None = None, *, strict: bool = False) -> Runbook:
+    runbook, diagnostics = _load(path, project_root, strict=strict)
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if errors or runbook is None:
+        raise RunbookError(errors)
+    return runbook
+
+
+def lint(path: Path, project_root: Path | None = None, *, strict: bool = False) -> list[Diagnostic]:
+    return _load(path, project_root, strict=strict)[1]
+
+
+def _load(path: Path, project_root: Path | None, *, strict: bool) -> tuple[Runbook | None, list[Diagnostic]]:
+    project_root = project_root or _guess_root(path)
+    shown = _display_path(path)
+    out = _Collector(shown)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        out.error(1, f"cannot read runbook: {exc}")
+        return None, out.items
+    meta, key_lines, body_text = _front_matter(text, out)
+    if meta is None:
+        return None, out.items
+    params = _params(meta, key_lines, out)
+    secrets = _secrets(meta, key_lines, params, out)
+    timeout = None
+    if meta.get("timeout") is not None:
+        try:
+            timeout = parse_duration(meta["timeout"])
+        except ValueError as exc:
+            out.error(key_lines.get("timeout", 1), str(exc))
+    schedule = meta.get("schedule")
+    if schedule is not None:
+        problem = cron_problem(str(schedule))
+        if problem:
+            out.error(key_lines.get("schedule", 1), f"invalid schedule {schedule!r}: {problem}")
+    for key in ("name", "summary", "hosts", "lock"):
+        if key in meta and meta[key] is not None and not isinstance(meta[key], str):
+            out.error(key_lines.get(key, 1), f"front matter '{key}' must be a string")
+    steps, undos = _steps(body_text, meta, params, project_root, out, strict=strict)
+    if out.errors:
+        return None, out.items
+    name = str(meta.get("name") or path.stem)
+    runbook = Runbook(
+        name=name,
+        path=path,
+        text=text,
+        summary=str(meta.get("summary") or ""),
+        hosts=meta.get("hosts"),
+        params=params,
+        secrets=secrets,
+        lock=str(meta.get("lock") or name),
+        schedule=str(schedule) if schedule is not None else None,
+        timeout=timeout,
+        steps=tuple(steps),
+        undos=undos,
+        meta=meta,
+        warnings=tuple(d for d in out.items if d.severity == "warning"),
+    )
+    return runbook, out.items
+
+
+def _guess_root(path: Path) -> Path:
+    path = path.resolve()
+    return path.parent.parent if path.parent.name == "runbooks" else path.parent
+
+
+def _display_path(path: Path) -> Path:
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
+def _front_matter(text: str, out: _Collector) -> tuple[dict[str, Any] | None, dict[str, int], str]:
+    lines = text.split("\n")
+    if not lines or lines[0].strip() != "---":
+        out.error(1, "missing YAML front matter: the runbook must start with a '---' line")
+        return None, {}, text
+    end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
+    if end is None:
+        out.error(1, "front matter is not closed: add a '---' line after it")
+        return None, {}, text
+    fm = "\n".join(lines[1:end])
+    try:
+        node = yamlio.compose(fm)
+        meta = yamlio.load(fm)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        out.error(2 + (mark.line if mark else 0), f"malformed front matter YAML: {problem}")
+        return None, {}, text
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        out.error(2, "front matter must be a YAML mapping of keys")
+        return None, {}, text
+    key_lines = _node_key_lines(node, 2)
+    for key in meta:
+        if key not in FRONT_MATTER_KEYS:
+            out.error(key_lines.get(key, 2), f"unknown front matter key {key!r} (allowed: {', '.join(sorted(FRONT_MATTER_KEYS))})")
+    # Blank out the front matter so Markdown line numbers are file line numbers.
+    body = "\n" * (end + 1) + "\n".join(lines[end + 1 :])
+    return meta, key_lines, body
+
+
+def _node_key_lines(node: Any, base: int, prefix: str = "") -> dict[str, int]:
+    """Map ``key`` and ``key.sub`` to 1-based file lines."""
+    found: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            found[key] = base + key_node.start_mark.line
+            if isinstance(value_node, yaml.MappingNode) and prefix.count(".") < 2:
+                found.update(_node_key_lines(value_node, base, key + "."))
+    return found
+
+
+def _params(meta: dict[str, Any], lines: dict[str, int], out: _Collector) -> dict[str, Param]:
+    raw = meta.get("params") or {}
+    if not isinstance(raw, dict):
+        out.error(lines.get("params", 2), "'params' must be a mapping of parameter name to its declaration")
+        return {}
+    params: dict[str, Param] = {}
+    for name, decl in raw.items():
+        line = lines.get(f"params.{name}", lines.get("params", 2))
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            out.error(line, f"invalid parameter name {name!r}: use letters, digits and _")
+            continue
+        if decl is None:
+            decl = {}
+        if not isinstance(decl, dict):
+            out.error(line, f"parameter {name!r} must be a mapping like {{type: string}}")
+            continue
+        for key in decl:
+            if key not in PARAM_KEYS:
+                out.error(lines.get(f"params.{name}.{key}", line), f"unknown key {key!r} in parameter {name!r} (allowed: {', '.join(sorted(PARAM_KEYS))})")
+        ptype = str(decl.get("type", "string"))
+        if ptype not in TYPES:
+            out.error(lines.get(f"params.{name}.type", line), f"parameter {name!r} has unknown type {ptype!r} (known: {', '.join(TYPES)})")
+            continue
+        required = bool(decl.get("required", False))
+        if required and "default" in decl:
+            out.error(lines.get(f"params.{name}.default", line), f"parameter {name!r} is required and has a default: drop one")
+        choices = decl.get("choices") or ()
+        if ptype == "choice" and (not isinstance(choices, list) or not choices):
+            out.error(line, f"parameter {name!r} of type choice needs a non-empty 'choices' list")
+            continue
+        param = Param(name, ptype, line, required, decl.get("default"), str(decl.get("help") or ""), tuple(str(c) for c in choices))
+        if param.default is not None:
+            try:
+                coerce(param, param.default)
+            except ParameterError as exc:
+                out.error(lines.get(f"params.{name}.default", line), f"bad default: {exc.message}")
+        params[name] = param
+    return params
+
+
+def _secrets(meta: dict[str, Any], lines: dict[str, int], params: dict[str, Param], out: _Collector) -> tuple[str, ...]:
+    raw = meta.get("secrets")
+    if raw is None:
+        return ()
+    line = lines.get("secrets", 2)
+    if isinstance(raw, list):
+        names = raw
+    elif isinstance(raw, dict):
+        names = list(raw)  # name -> source reference (e.g. vault:...)
+    else:
+        out.error(line, "'secrets' must be a list of parameter names (or a mapping name -> source)")
+        return ()
+    for name in names:
+        if not isinstance(name, str):
+            out.error(line, f"secret name {name!r} must be a string")
+        elif isinstance(raw, list) and name not in params:
+            out.error(line, f"secret {name!r} is not a declared parameter")
+    return tuple(str(n) for n in names)
+
+
+def _steps(
+    body: str, meta: dict[str, Any], params: dict[str, Param], root: Path, out: _Collector, *, strict: bool
+) -> tuple[list[Step], dict[str, Step]]:
+    steps: list[Step] = []
+    undo_blocks: list[Step] = []
+    names: dict[str, int] = {}
+    registry = kinds.registry()
+    known_names = set(params) | set(meta.get("vars") or {}) | set(meta.get("secrets") or [])
+    for fence in fences(body):
+        line = fence.line + 1
+        try:
+            lang, block = split_info(fence.info)
+            if block is None:
+                continue  # documentation, never runs
+            attrs = parse_attrs(block)
+        except AttrError as exc:
+            out.error(line, f"malformed attribute block: {exc}")
+            continue
+        undo_of = attrs.get("rollback")
+        kind_name = attrs.get("kind") or kinds.default_for_language(lang)
+        if kind_name is None:
+            out.error(line, f"cannot tell the step kind from language {lang or '(none)'!r}: add kind=... (known: {', '.join(sorted(registry))})")
+            continue
+        kind = registry.get(kind_name)
+        if kind is None:
+            out.error(line, f"unknown step kind {kind_name!r} (known: {', '.join(sorted(registry))})")
+            continue
+        allowed = COMMON_ATTRS | kind.extra_attrs
+        for key in attrs:
+            if key not in allowed:
+                out.error(line, f"unknown attribute {key!r} (allowed: {', '.join(sorted(allowed))})")
+        if undo_of is not None:
+            name = attrs.get("name") or f"undo-{undo_of}"
+        else:
+            name = attrs.get("name") or f"step-{len(steps) + 1}"
+            if not _NAME.match(name):
+                out.error(line, f"invalid step name {name!r}: use letters, digits, '.', '_' and '-'")
+            elif name in names:
+                out.error(line, f"duplicate step name {name!r} (first used at line {names[name]})")
+            else:
+                names[name] = line
+        _check_attr_values(attrs, line, known_names, out)
+        try:
+            spec = kind.parse(fence.content, lang, root)
+        except Exception as exc:  # BodyError, or a kind's own ValueError
+            offset = getattr(exc, "offset", 0)
+            out.error(fence.line + 2 + offset, str(getattr(exc, "message", exc)))
+            continue
+        step = Step(name, kind_name, lang, attrs, fence.content, line, fence.line + 2, spec, undo_of)
+        if undo_of is not None:
+            undo_blocks.append(step)
+        else:
+            if not (attrs.get("hosts") or meta.get("hosts") or kind.controller):
+                out.error(line, f"step {name!r} has no hosts: add hosts=PATTERN or a front matter 'hosts:'")
+            steps.append(step)
+    undos: dict[str, Step] = {}
+    for undo in undo_blocks:
+        target = undo.undo_of or ""
+        if target not in names:
+            out.error(undo.line, f"rollback block names no step {target!r}" + (f" (steps: {', '.join(names)})" if names else ""))
+        elif target in undos:
+            out.error(undo.line, f"step {target!r} already has a rollback block at line {undos[target].line}")
+        else:
+            undos[target] = undo
+    if not steps and not out.errors:
+        out.error(1, "no steps: a step is a fenced code block with an attribute block, e.g. ```yaml {name=restart}")
+    for step in steps:
+        kind = registry[step.kind]
+        if step.name in undos or kind.has_auto_undo(step) or not kind.changes_things(step):
+            continue
+        message = f"step {step.name!r} changes things but has no undo: add a ```{step.lang or 'yaml'} {{rollback={step.name}}} block"
+        if kind.name == "playbook":
+            continue  # playbook contents are opaque; their undo is the author's call
+        (out.error if strict else out.warn)(step.line, message)
+    return steps, undos
+
+
+def _check_attr_values(attrs: dict[str, str], line: int, known: set[str], out: _Collector) -> None:
+    for key in ("serial", "retries", "delay", "max_fail_percentage"):
+        if key in attrs:
+            value = attrs[key]
+            ok = value.isdigit() or (key == "serial" and value.endswith("%") and value[:-1].isdigit())
+            if not ok or (key == "max_fail_percentage" and value.isdigit() and int(value) > 100):
+                out.error(line, f"attribute {key}={value!r} must be a whole number" + (" or a percentage" if key == "serial" else ""))
+    if "timeout" in attrs:
+        try:
+            parse_duration(attrs["timeout"])
+        except ValueError as exc:
+            out.error(line, f"attribute timeout: {exc}")
+    for key in ("continue_on_error", "become", "facts"):
+        if key in attrs and attrs[key].lower() not in ("true", "false", "yes", "no"):
+            out.error(line, f"attribute {key} must be true or false, got {attrs[key]!r}")
+    if "hosts" in attrs and "{" in attrs["hosts"]:
+        from jinja2 import TemplateSyntaxError, meta as jmeta
+        from jinja2.sandbox import SandboxedEnvironment
+
+        try:
+            ast = SandboxedEnvironment().parse(attrs["hosts"])
+        except TemplateSyntaxError as exc:
+            out.error(line, f"attribute hosts: template error: {exc.message}")
+            return
+        for name in sorted(jmeta.find_undeclared_variables(ast) - known):
+            out.error(line, f"attribute hosts uses undefined name {name!r} (declare it under params)")
+
+
+def cron_problem(expr: str) -> str | None:
+    """None if ``expr`` is a valid 5-field cron expression (or @alias)."""
+    expr = expr.strip()
+    if expr in _CRON_ALIASES:
+        return None
+    fields = expr.split()
+    if len(fields) != 5:
+        return f"expected 5 fields (minute hour day month weekday), got {len(fields)}"
+    names = ("minute", "hour", "day of month", "month", "day of week")
+    for field, (lo, hi), label in zip(fields, _CRON_RANGES, names):
+        if not _CRON_FIELD.match(field):
+            return f"bad {label} field {field!r}"
+        for number in re.findall(r"\d+", re.sub(r"/\d+", "", field)):
+            if not lo <= int(number) <= hi:
+                return f"{label} {number} out of range {lo}-{hi}"
+    return None
