@@ -1,148 +1,119 @@
-"""The Python API: everything the CLI does, as functions that return values.
+"""The Python API: one function per CLI command, each returning values.
 
-    runbook = load("db-failover", project)
-    result = run(RunRequest(runbook="db-failover", params={"primary": "db1"}), project)
+    project = open_project()
+    result = run(RunRequest(runbook="db-failover", params={"primary": "db1"}), project, sinks=[])
 
-Only the CLI prints and exits; this module raises ``TechnicianOpsError``s and
-reports progress as events on the bus it is given.
+Only the CLI prints and exits; these functions raise ``TechnicianOpsError``s
+and report a run's progress as events to the sinks they are given.  The
+engine (``engine/``), the audit store (``audit/``) and the outputs
+(``outputs/``) are reached through here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import os
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
-from technician_ops.runbook import loader
-from technician_ops.plan.compiler import (Plan, PlanStep, ansible_cfg, build_plan, controller_inventory, default_forks, dump_yaml,
-                       params_file)
-from technician_ops.errors import ApprovalMissing, ConfigError, ExitCode, ParameterError, TechnicianOpsError
-from technician_ops.events import Bus, Kind, Outcome, Sink, StepStatus
-from technician_ops.fsutil import atomic_write
+from technician_ops.engine.request import Prompt, RunRequest, RunResult, UndoRequest
+from technician_ops.errors import Diagnostic, NotFound, PastRunError, TechnicianOpsError
+from technician_ops.project import Project, load_project
+from technician_ops.plan.loader import list_runbooks, load
 from technician_ops.runbook.model import Runbook
-from technician_ops.runbook.params import bind
-from technician_ops.project import Project, ensure_private_dir
-from technician_ops.engine.redact import Redactor
 
 if TYPE_CHECKING:
-    from technician_ops.audit.sink import RunRecording
+    from technician_ops.audit.chain import VerifyResult
+    from technician_ops.events import Sink
+    from technician_ops.outputs.schedule import ScheduleEntry
+    from technician_ops.steps.backup.controller import BackupEntry
 
-EXIT_FOR_OUTCOME = {
-    Outcome.SUCCEEDED: ExitCode.OK,
-    Outcome.FAILED: ExitCode.FAILED,
-    Outcome.ROLLED_BACK: ExitCode.ROLLED_BACK,
-    Outcome.ROLLBACK_FAILED: ExitCode.ROLLBACK_FAILED,
-    Outcome.INTERRUPTED: ExitCode.INTERRUPTED,
-    Outcome.SKIPPED: ExitCode.TEMPFAIL,
-}
+__all__ = [
+    "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "audit_export", "audit_verify", "compile_runbook",
+    "history", "lint", "list_backups", "list_runbooks", "load", "open_project", "recover_run", "rollback_run",
+    "run", "run_command", "schedule", "schedule_export", "show",
+]
 
-Prompt = Callable[[str, str], bool]  # (step name, text) -> approved?
-
-
-def load(name_or_path: str, project: Project, *, strict: bool = False) -> Runbook:
-    return loader.load_runbook(loader.find_runbook(name_or_path, project.root), project.root, strict=strict)
+Warn = Callable[[str], None]
 
 
-def list_runbooks(project: Project) -> list[tuple[Path, str, str]]:
-    """(path, name, summary) of every runbook; unreadable ones say why."""
-    out = []
-    for path in sorted(project.runbooks_dir.glob("*.md")):
-        try:
-            rb = loader.load_runbook(path, project.root)
-            out.append((path, rb.name, rb.summary))
-        except TechnicianOpsError as exc:
-            out.append((path, path.stem, f"INVALID: {exc.message.splitlines()[0]}"))
-    return out
+def open_project(root: Path | str | None = None, **overrides: Any) -> Project:
+    """The project at ``root`` (default: the nearest parent with runbooks/), with its configuration layers."""
+    return load_project(Path(root) if root else None, **overrides)
 
 
-@dataclass
-class RunRequest:
-    runbook: str
-    params: dict[str, str] = field(default_factory=dict)
-    check: bool = False
-    yes: bool = False
-    approve: tuple[str, ...] = ()
-    strict: bool = False
-    prompt: Prompt | None = None  # None: not interactive
-    wait_lock: float = 0.0
-    skip_preflight: bool = False
-    run_id: str | None = None
-    environ: dict[str, str] | None = None
-    accelerate: bool | None = None  # mitogen strategy; None: TECHNICIAN_OPS_ACCELERATE decides
+@contextmanager
+def _store(project: Project, audit: Any = None) -> Iterator[Any]:
+    """``audit`` when given, else the project's own store, opened for the call and closed after it."""
+    if audit is not None:
+        yield audit
+        return
+    from technician_ops.audit import open_store
+
+    store = open_store(project.audit_url, project.root)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# -- runbooks -------------------------------------------------------------------------------
 
 
 @dataclass
-class RunResult:
-    run_id: str
-    outcome: Outcome
-    exit_code: ExitCode
-    failed_step: str | None
-    steps: dict[str, str]  # step -> status (run phase)
-    rollback: dict[str, Any]
-    artifact_dir: Path | None
-    duration: float
+class LintReport:
+    files: list[Path]
+    diagnostics: list[Diagnostic]
+
+    @property
+    def errors(self) -> int:
+        return sum(d.severity == "error" for d in self.diagnostics)
+
+    @property
+    def warnings(self) -> int:
+        return sum(d.severity == "warning" for d in self.diagnostics)
 
 
-def bind_plan(runbook: Runbook, project: Project, raw_params: dict[str, str], *, check: bool = False,
-              environ: dict[str, str] | None = None, run_id: str = "compiled") -> Plan:
-    values = bind(runbook.params, raw_params, environ)
-    plan = build_plan(runbook, project.root, values, check=check, inventory=project.inventory, run_id=run_id,
-                      state_dir=project.state_dir)
-    if project.forks:
-        object.__setattr__(plan, "forks", project.forks)
-    return plan
+def lint(paths: list[str], project: Project, *, strict: bool = False) -> LintReport:
+    """Every problem of the runbooks at ``paths`` (files or directories; default: runbooks/)."""
+    from technician_ops.plan.loader import lint as lint_file
+
+    files: list[Path] = []
+    for p in paths or [str(project.runbooks_dir)]:
+        path = Path(p)
+        files.extend(sorted(path.glob("*.md")) if path.is_dir() else [path])
+    return LintReport(files, [d for f in files for d in lint_file(f, project.root, strict=strict)])
 
 
-def write_plan(plan: Plan, directory: Path, state_dir: Path, local_hosts: list[str] | None = None, *,
-               accelerate: Path | None = None) -> dict[str, Path]:
-    """The files ansible-runner reads; ``compile`` writes the same ones."""
-    ensure_private_dir(directory)
-    project_dir = ensure_private_dir(directory / "project")
-    files = {
-        "playbook": project_dir / "main.yml",
-        "params": project_dir / "params.yml",
-        "config": directory / "ansible.cfg",
-        "inventory": directory / "controller-inventory.yml",
-    }
-    header = f"# Generated by technician-ops from {plan.runbook.path.name} (sha256 {plan.runbook.sha256[:12]})\n"
-    write_private(files["playbook"], header + dump_yaml(plan.playbook()))
-    write_private(files["params"], params_file(plan))
-    write_private(files["config"], ansible_cfg(plan, state_dir, accelerate=accelerate))
-    write_private(files["inventory"], controller_inventory(local_hosts or [], accelerate=accelerate is not None))
-    if plan.uses_facts:  # Ansible's jsonfile fact cache; facts name a host's users, addresses, environment
-        ensure_private_dir(ensure_private_dir(state_dir) / "facts")
-    return files
+@dataclass
+class Shown:
+    """What ``show NAME`` found: a runbook, or a run's audit record."""
+
+    runbook: Runbook | None = None
+    record: dict[str, Any] | None = None
 
 
-def sized(plan: Plan, project: Project, inventory: Any, targets: list[str], *, accelerated: bool = False) -> Plan:
-    """``plan`` with forks sized for ``targets`` (``compiler.default_forks``), unless the project sets forks."""
-    if project.forks or inventory is None:
-        return plan
-    remote = accelerated or any(inventory.may_use_ssh(h) for h in targets)
-    return dataclasses.replace(plan, forks=default_forks(len(targets), remote=remote))
+def show(name: str, project: Project) -> Shown:
+    """A runbook by name or path, else a run by its id (a unique prefix is enough)."""
+    try:
+        return Shown(runbook=load(name, project))
+    except NotFound:
+        if not (len(name) >= 6 and all(c in "0123456789abcdef-" for c in name.lower())):
+            raise
+    with _store(project) as store:
+        return Shown(record=store.get(name))
 
 
-def target_hosts(plan: Plan, inventory: Any) -> list[str]:
-    """The inventory hosts the plan's steps run on, in step order (controller and playbook steps aside)."""
-    names: dict[str, None] = {}
-    for ps in plan.steps:
-        if not ps.kind.controller and ps.kind.name != "playbook":
-            names.update(dict.fromkeys(inventory.hosts(ps.hosts)))
-    return list(names)
+def compile_runbook(name: str, project: Project, out_dir: Path, raw_params: dict[str, str], *,
+                    check: bool = False) -> dict[str, Path]:
+    """Write the playbook, inventory and ansible.cfg a run would use, and the undo plays of every step."""
+    from technician_ops.engine.session import load_inventory, sized, target_hosts
+    from technician_ops.plan.compiler import bind_plan
+    from technician_ops.plan.files import write_plan, write_undo_playbook
 
-
-def write_private(path: Path, text: str) -> None:
-    """A generated file only we may read (0600); run inputs need no fsync."""
-    atomic_write(path, text.encode("utf-8"), mode=0o600, fsync=False)
-
-
-def compile_runbook(name: str, project: Project, out_dir: Path, raw_params: dict[str, str], *, check: bool = False) -> dict[str, Path]:
-    runbook = load(name, project)
-    plan = bind_plan(runbook, project, raw_params, check=check)
+    plan = bind_plan(load(name, project), project, raw_params, check=check)
     inventory = load_inventory(project)
     local: list[str] = []
     if inventory is not None:
@@ -151,410 +122,143 @@ def compile_runbook(name: str, project: Project, out_dir: Path, raw_params: dict
     files = write_plan(plan, out_dir, project.state_dir, local)
     if inventory is not None:
         inventory.save()
-    # The undo plays of every step, as a full rollback would run them.
-    rollback = plan.rollback_playbook([(ps, [ps.hosts]) for ps in plan.steps if ps.has_undo])
-    files["rollback"] = out_dir / "project" / "rollback.yml"
-    write_private(files["rollback"], "# Undo plays, in the order a full rollback runs them\n" + dump_yaml(rollback))
+    files["rollback"] = write_undo_playbook(plan, [(ps, [ps.hosts]) for ps in plan.steps if ps.has_undo],
+                                            out_dir / "project" / "rollback.yml", "undo plays, as a full rollback runs them")
     return files
 
 
-def load_inventory(project: Project) -> Any:
-    """The project's ``inventory.Inventory`` (None without one), answering from the state dir's cache when unchanged."""
-    if not project.inventory:
-        return None
-    from technician_ops.engine import inventory
-
-    return inventory.load(project.inventory, project.state_dir / "cache")
-
-
-class _Approvals:
-    def __init__(self, plan: Plan, request: RunRequest, bus: Bus) -> None:
-        self.plan, self.request, self.bus = plan, request, bus
-        self.given: dict[str, str] = {}
-
-    def precheck(self) -> None:
-        """Fail before anything runs when an approval cannot be had."""
-        unknown = [a for a in self.request.approve if a not in {s.name for s in self.plan.steps}]
-        if unknown:
-            raise ParameterError(f"--approve names no step: {', '.join(unknown)}")
-        if self.plan.check:
-            return
-        missing = [ps.name for ps in self.plan.steps if ps.kind.name == "approve" and not self._pre(ps.name)]
-        if missing and self.request.prompt is None:
-            raise ApprovalMissing(
-                f"step(s) {', '.join(missing)} need approval and there is no terminal to ask",
-                hint="pass --yes, or --approve " + " --approve ".join(missing),
-            )
-
-    def _pre(self, step: str) -> str | None:
-        if step in self.request.approve:
-            return "--approve"
-        if self.request.yes:
-            return "--yes"
-        return None
-
-    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
-        step = request.get("step", "")
-        by = self._pre(step)
-        approved = by is not None
-        if not approved and self.request.prompt is not None:
-            ps = next((p for p in self.plan.steps if p.name == step), None)
-            approved = bool(self.request.prompt(step, ps.step.spec if ps else ""))
-            by = "terminal"
-        self.bus.emit(Kind.APPROVAL, step=step, approved=approved, by=by or "none", user=_user())
-        if approved:
-            self.given[step] = by or ""
-        return {"ok": True, "approved": approved, "by": by}
-
-
-class Emitter:
-    """Lets our action plugins add events (artifacts: backups, secret versions, plans) to the stream."""
-
-    ALLOWED = {"artifact": Kind.ARTIFACT, "notice": Kind.NOTICE}
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-
-    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
-        kind = self.ALLOWED.get(str(request.get("kind")))
-        data = request.get("data")
-        if kind is None or not isinstance(data, dict):
-            return {"ok": False, "error": "emit takes kind artifact|notice and a data object"}
-        self.bus.emit(kind, **data)
-        return {"ok": True}
-
-
-def _user() -> str:
-    from technician_ops.engine.origin import operator
-
-    return str(operator()["user"])
-
-
-class SecretsHandler:
-    def __init__(self, plan: Plan) -> None:
-        self.values = {name: plan.params[name] for name in plan.secret_names if plan.params.get(name) is not None}
-
-    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
-        name = request.get("name")
-        if name not in self.values:
-            return {"ok": False, "error": "no value was given for this secret"}
-        return {"ok": True, "value": str(self.values[name])}
+# -- runs -------------------------------------------------------------------------------------
 
 
 def run(request: RunRequest, project: Project, sinks: list[Sink], *, audit: Any = None,
         cancelled: Callable[[], bool] | None = None) -> RunResult:
-    """parse -> validate -> plan -> preflight -> execute -> (rollback) -> record."""
-    from technician_ops.engine.lock import RunLock
-    from technician_ops.engine.origin import git_info, operator, origin
+    """parse -> validate -> plan -> preflight -> execute -> (rollback) -> record (in ``audit``, when given)."""
+    from technician_ops.engine.run import run as run_engine
+    from technician_ops.events import Bus
 
-    started = time.monotonic()
-    runbook = load(request.runbook, project, strict=request.strict)
-    run_id = request.run_id or _new_run_id()
-    bus = Bus(list(sinks))
-    header = {
-        "run_id": run_id, "runbook": runbook.name, "path": str(runbook.path), "runbook_sha256": runbook.sha256,
-        "git": git_info(runbook.path), "operator": operator(),
-        "origin": origin(request.environ, interactive=request.prompt is not None),
-        "check": request.check, "started_at": utc_now(), "params": {},
-    }
-    try:
-        plan = bind_plan(runbook, project, request.params, check=request.check, environ=request.environ, run_id=run_id)
-        header["params"] = _redacted_params(plan)
-        approvals = _Approvals(plan, request, bus)
-        approvals.precheck()
-        resolve_vault_secrets(plan, request.environ)
-        check_vault_access(plan)
-    except TechnicianOpsError as exc:  # bad parameters, approval missing, Vault refuses: nothing ran
-        if audit is not None:
-            audit.record_skipped(header, f"refused: {exc.message}", outcome="refused")
-        raise
-    lock = RunLock(project.state_dir / "locks", runbook.lock)
-    try:
-        lock.acquire(request.wait_lock)
-    except TechnicianOpsError as exc:
-        if audit is not None:
-            audit.record_skipped(header, f"locked: {exc.message}", outcome="skipped")
-        raise
-    try:
-        return _run_locked(plan, project, request, bus, header, approvals, audit, cancelled, started)
-    finally:
-        lock.release()
+    return run_engine(request, project, Bus(list(sinks)), audit, cancelled)
 
 
-def _run_locked(plan: Plan, project: Project, request: RunRequest, bus: Bus, header: dict[str, Any],
-                approvals: _Approvals, audit: Any, cancelled: Callable[[], bool] | None, started: float) -> RunResult:
-    run_id = header["run_id"]
-    redactor = Redactor([str(v) for k, v in plan.params.items() if k in plan.secret_names and v is not None])
-    bus.redactor = redactor
-    try:
-        inventory = load_inventory(project)
-        _check_targets(plan, inventory)
-        targets = target_hosts(plan, inventory) if inventory is not None else []
-        if not request.skip_preflight and inventory is not None:
-            _preflight(targets, inventory)
-        ensure_private_dir(project.state_dir)
-        pdd = ensure_private_dir(ensure_private_dir(project.state_dir / "runs") / run_id)
-        strategy_dir, not_accelerated = _acceleration(request)
-        plan = sized(plan, project, inventory, targets, accelerated=strategy_dir is not None)
-        files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [],
-                           accelerate=strategy_dir)
-        if inventory is not None:
-            inventory.save()
-    except TechnicianOpsError as exc:
-        if audit is not None:  # refused before anything ran: still one record
-            audit.record_skipped(header, f"refused before any change: {exc.message}", outcome="refused")
-        raise
-    header["artifact_dir"] = str(pdd)
-    from technician_ops.audit.sink import RunRecording
+def run_command(request: RunRequest, project: Project, sinks: list[Sink], *, cancelled: Callable[[], bool] | None = None,
+                junit: str | None = None, metrics_file: str | None = None, notify_url: str | None = None,
+                warn: Warn | None = None) -> RunResult:
+    """``technician-ops run``: recorded in the project's audit store, with the CI/cron outputs asked for.
 
-    # Leaving this block without record.finish() (a crash of ours, Ctrl-C twice)
-    # finishes the record as "interrupted": it must not stay "running".
-    with RunRecording(audit, header, bus) as record:
-        return _execute_plan(plan, project, bus, header, approvals, record, cancelled, started, redactor, pdd,
-                             files, [not_accelerated] if not_accelerated else [])
-
-
-def _execute_plan(plan: Plan, project: Project, bus: Bus, header: dict[str, Any], approvals: _Approvals,
-                  record: RunRecording, cancelled: Callable[[], bool] | None, started: float, redactor: Redactor,
-                  pdd: Path, files: dict[str, Path], notices: list[str]) -> RunResult:
-    from technician_ops.engine.control import ENV_RUN_ID, ENV_STATE_DIR, ControlServer
-    from technician_ops.engine.executor import StepTracker, execute
-
-    run_id = header["run_id"]
-    bus.emit(Kind.RUN_START, **{k: header[k] for k in ("run_id", "runbook", "path", "check", "params", "operator", "origin", "started_at")})
-    for warning in plan.runbook.warnings:
-        bus.emit(Kind.NOTICE, level="warning", message=str(warning))
-    for notice in notices:
-        bus.emit(Kind.NOTICE, level="warning", message=notice)
-    inventories = [*project.inventory, files["inventory"]]
-    names = {ps.name: ps.name for ps in plan.steps}
-    kinds_by = {ps.name: ps.kind.name for ps in plan.steps}
-    hosts_by = {ps.name: ps.hosts for ps in plan.steps}
-    outcome = Outcome.SUCCEEDED
-    failed_step: str | None = None
-    rollback_info: dict[str, Any] = {}
-    tracker = StepTracker(bus, names, "run", redactor, kinds_by, hosts_by)
-    interrupted = False
-    try:
-        handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"approve": approvals, "secret": SecretsHandler(plan), "emit": Emitter(bus)}
-        with ControlServer(handlers) as control:
-            env = {**control.env, ENV_RUN_ID: run_id, ENV_STATE_DIR: str(project.state_dir),
-                   "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}
-            result = execute(pdd, files["playbook"], inventories, tracker, ident="run", check=plan.check,
-                             envvars=env, timeout=plan.runbook.timeout, cancel=cancelled)
-            interrupted = bool(cancelled and cancelled())
-            failed = next((n for n in tracker.order if tracker.steps[n].status is StepStatus.FAILED), None)
-            if result.rc != 0 and failed is None and not interrupted:
-                failed = _unstarted_failure(plan, tracker, result, redactor, bus)
-            if interrupted:
-                outcome = Outcome.INTERRUPTED
-            elif failed is not None or result.rc != 0:
-                failed_step = failed
-                outcome, rollback_info = _roll_back(plan, tracker, failed, pdd, inventories, env, bus, redactor)
-    except KeyboardInterrupt:
-        outcome = Outcome.INTERRUPTED
-    finally:
-        redactor.scrub_tree(pdd)
-    if outcome in (Outcome.SUCCEEDED, Outcome.ROLLED_BACK, Outcome.FAILED) and not plan.check:
-        _prune_backups(project, plan, bus)  # never when a human is needed: keep every backup
-    exit_code = EXIT_FOR_OUTCOME[outcome]
-    duration = time.monotonic() - started
-    failed_hosts = tracker.steps[failed_step].failed_hosts if failed_step in tracker.steps else []
-    bus.emit(Kind.RUN_END, run_id=run_id, outcome=outcome.value, exit_code=int(exit_code), ended_at=utc_now(),
-             duration=round(duration, 3), failed_step=failed_step, failed_hosts=failed_hosts)
-    record.finish(outcome.value)
-    return RunResult(run_id, outcome, exit_code, failed_step, {n: tracker.steps[n].status.value for n in tracker.order},
-                     rollback_info, pdd / "artifacts", duration)
-
-
-def _unstarted_failure(plan: Plan, tracker: Any, result: Any, redactor: Redactor, bus: Bus) -> str | None:
-    """ansible failed outside any step (bad playbook, no hosts): say why."""
-    stdout = result.artifact_dir / "stdout"
-    tail = ""
-    try:
-        tail = "\n".join(stdout.read_text(errors="replace").strip().splitlines()[-8:])
-    except OSError:
-        pass
-    bus.emit(Kind.NOTICE, level="error", message=redactor.text(f"ansible-playbook exited {result.rc} ({result.status}): {tail}"))
-    return tracker.order[-1] if tracker.order else None
-
-
-def _roll_back(plan: Plan, tracker: Any, failed: str | None, pdd: Path, inventories: list[Path], env: dict[str, str],
-               bus: Bus, redactor: Redactor) -> tuple[Outcome, dict[str, Any]]:
-    if plan.check:
-        return Outcome.FAILED, {}
-    completed: list[tuple[PlanStep, list[str]]] = []
-    missing: list[dict[str, Any]] = []
-    by_name = {ps.name: ps for ps in plan.steps}
-    # Hosts this run just found unreachable are not retried by the undo (an
-    # SSH attempt to a host that vanished can hang): they are reported as
-    # not rolled back, by name.
-    dead = {h for run in tracker.steps.values() for h, a in run.hosts.items() if a.status.value == "unreachable"}
-    for name in tracker.order:
-        run = tracker.steps[name]
-        ps = by_name[name]
-        own_failure = name == failed and ps.kind.undo_on_own_failure
-        if run.status is not StepStatus.SUCCEEDED and not own_failure:
-            continue
-        hosts = [h for h, a in run.hosts.items() if a.status.value in ("ok", "changed")] if not own_failure else list(run.hosts)
-        if not ps.kind.mutating or not hosts:
-            continue
-        if not run.changed and not ps.kind.has_auto_undo(ps.step):
-            continue  # reported no change anywhere: nothing to undo
-        for host in sorted(set(hosts) & dead):
-            missing.append({"step": name, "host": host, "error": "host unreachable during the run: not rolled back"})
-        hosts = [h for h in hosts if h not in dead]
-        if not hosts:
-            continue
-        if ps.has_undo:
-            completed.append((ps, hosts))
-        else:
-            missing.append({"step": name, "host": ",".join(hosts), "error": "step changed things and has no undo"})
-    if not completed and not missing:
-        return Outcome.FAILED, {"steps": [], "outcome": None}
-    order = [ps.name for ps, _ in reversed(completed)]
-    bus.emit(Kind.ROLLBACK_START, steps=order)
-    failures = list(missing)
-    if completed:
-        plays = plan.rollback_playbook(completed)
-        playbook = pdd / "project" / "rollback.yml"
-        write_private(playbook, "# Generated by technician-ops: undo of the completed steps, newest first\n" + dump_yaml(plays))
-        failures += run_undo(completed, playbook, pdd, inventories, env, bus, redactor)
-    outcome = Outcome.ROLLBACK_FAILED if failures else Outcome.ROLLED_BACK
-    bus.emit(Kind.ROLLBACK_END, outcome=outcome.value, failures=failures, steps=order)
-    return outcome, {"steps": order, "outcome": outcome.value, "failures": failures}
-
-
-def run_undo(completed: list[tuple[PlanStep, list[str]]], playbook: Path, pdd: Path, inventories: list[Path],
-             env: dict[str, str], bus: Bus, redactor: Redactor,
-             cancelled: Callable[[], bool] | None = None, *, exact_hosts: bool = True) -> list[dict[str, Any]]:
-    """Run the undo playbook (already written) as one execution; return every host that did not come back clean.
-
-    ``exact_hosts``: the host lists are host names (not patterns), so a host
-    the undo never reached is a failure too.
+    The outputs never change the outcome: their failures go to ``warn``.
     """
-    from technician_ops.engine.executor import StepTracker, execute
+    from technician_ops.outputs.reports import Reports
 
-    tracker = StepTracker(bus, {f"undo:{ps.name}": ps.name for ps, _ in completed}, "rollback", redactor,
-                          {ps.name: "undo" for ps, _ in completed}, {ps.name: ",".join(h) for ps, h in completed})
-    result = execute(pdd, playbook, inventories, tracker, ident="rollback", check=False, envvars=env, cancel=cancelled)
-    failures: list[dict[str, Any]] = []
-    for ps, hosts in completed:
-        run = tracker.steps.get(ps.name)
-        if run is None:
-            failures.append({"step": ps.name, "host": ",".join(hosts), "error": "undo did not run"})
-            continue
-        for host, agg in run.hosts.items():
-            if agg.status.value in ("failed", "unreachable") or agg.ignored_errors:
-                failures.append({"step": ps.name, "host": host, "error": agg.error or agg.status.value})
-        for host in hosts if exact_hosts else []:
-            if host not in run.hosts:
-                failures.append({"step": ps.name, "host": host, "error": "host not reached by the undo"})
-    if result.rc not in (0, 2, 4) and not failures:
-        failures.append({"step": "*", "host": "*", "error": f"rollback execution exited {result.rc}"})
-    return failures
-
-
-def _prune_backups(project: Project, plan: Plan, bus: Bus) -> None:
-    if not (project.state_dir / "backups").exists():
-        return
-    from technician_ops.steps.backup.controller import prune_backups
-
-    keep = int(plan.runbook.meta.get("keep_backups") or project.keep_backups)
-    try:
-        prune_backups(project.state_dir, plan.runbook.name, keep)
-    except TechnicianOpsError as exc:
-        bus.emit(Kind.NOTICE, level="warning", message=f"backup retention: {exc.message}")
-
-
-def _check_targets(plan: Plan, inventory: Any) -> None:
-    if inventory is None:
-        if any(not ps.kind.controller for ps in plan.steps):
-            raise ConfigError("no inventory: the project has no inventory/ directory", hint="pass --inventory PATH")
-        return
-    known = set(inventory.all_hosts())
-    for name, param in plan.runbook.params.items():
-        value = plan.params.get(name)
-        if param.type == "host" and value is not None and value not in known:
-            raise ParameterError(f"parameter {name!r}: host {value!r} is not in the inventory ({', '.join(sorted(known)) or 'empty'})")
-    for ps in plan.steps:
-        if ps.kind.controller or ps.kind.name == "playbook":
-            continue
-        if not inventory.hosts(ps.hosts):
-            raise ParameterError(f"{plan.runbook.path}:{ps.step.line}: step {ps.name!r}: hosts {ps.hosts!r} match no host in the inventory")
-
-
-def _preflight(targets: list[str], inventory: Any) -> None:
-    """Every SSH target answers and authenticates before anything changes."""
-    names = [h for h in targets if inventory.may_use_ssh(h)]
-    if names:
-        from technician_ops.engine import preflight
-
-        specs = inventory.preflight_specs(":".join(names))
-        if specs:
-            preflight.ensure_reachable(specs)
-
-
-def _acceleration(request: RunRequest) -> tuple[Path | None, str | None]:
-    """(mitogen's strategy dir, None) when ``--accelerate`` asks for it and mitogen can drive this
-    Ansible; (None, the one-line notice) when it cannot; (None, None) when not asked."""
-    from technician_ops.engine import accelerate
-
-    if not accelerate.wanted(request.accelerate, request.environ if request.environ is not None else dict(os.environ)):
-        return None, None
-    found = accelerate.check()
-    if not found.usable:
-        return None, f"--accelerate: {found.reason}; running with the linear strategy"
-    return found.strategy_plugins, None
-
-
-def resolve_vault_secrets(plan: Plan, environ: dict[str, str] | None) -> None:
-    """Front matter ``secrets: {name: "vault:mount/path#key"}``: read before anything runs.
-
-    Values live only in this process (the plan's params); Vault down or a
-    missing permission fails the run here, before any host is touched.
-    """
-    declared = plan.runbook.meta.get("secrets")
-    if not isinstance(declared, dict):
-        return
-    refs = {name: str(ref) for name, ref in declared.items() if str(ref).startswith("vault:")}
-    if refs:
-        from technician_ops.steps.vault.client import resolve_refs
-
-        plan.params.update(resolve_refs(refs, env=environ))
-
-
-def check_vault_access(plan: Plan) -> None:
-    """Every ``vault`` step's token capabilities, checked before any step runs.
-
-    The step checks again when it rotates; checking here too means a token
-    without permission fails the run (recorded ``refused``) with the path and
-    the missing capability before an earlier step has changed a host.  The
-    environment is this process's: the step's plugin (under ansible-runner)
-    sees the same.
-    """
-    secrets = [ps.step.spec["secret"] for ps in plan.steps if ps.kind.name == "vault"]
-    if secrets:
-        from technician_ops.steps.vault.client import VaultPermissionError
-        from technician_ops.steps.vault.controller import check_access
-
+    steps: list[str] | None = None
+    name = request.runbook
+    if junit:
         try:
-            check_access(secrets, check=plan.check)
-        except VaultPermissionError:
-            raise
+            runbook = load(request.runbook, project)
+            name, steps = runbook.name, [s.name for s in runbook.steps]
         except TechnicianOpsError:
-            return  # Vault down or no credentials: the step itself fails, recorded as it always was
+            steps = None
+    reports = Reports(name, steps, junit=junit, metrics=metrics_file, notify_url=notify_url)
+    try:
+        with _store(project) as store:
+            result = run(request, project, [*sinks, *reports.sinks()], audit=store, cancelled=cancelled)
+    except TechnicianOpsError as exc:
+        _warn_all(warn, reports.finish(None, exc))
+        raise
+    _warn_all(warn, reports.finish(result, None))
+    return result
 
 
-def _redacted_params(plan: Plan) -> dict[str, Any]:
-    return {k: ("********" if k in plan.secret_names and v is not None else v) for k, v in plan.params.items()}
+def _warn_all(warn: Warn | None, warnings: list[str]) -> None:
+    for text in warnings:
+        if warn is not None:
+            warn(text)
 
 
-def _new_run_id() -> str:
-    from technician_ops.audit import new_run_id
+def rollback_run(project: Project, run_id: str, *, yes: bool = False, prompt: Prompt | None = None,
+                 sinks: list[Sink] | None = None, audit: Any = None, skip_preflight: bool = False,
+                 cancelled: Callable[[], bool] | None = None, new_run_id: str | None = None) -> RunResult:
+    """Undo an earlier *succeeded* run from its recorded backups and secret versions, as a run of its own."""
+    return _undo(UndoRequest("rollback", run_id, yes, prompt, skip_preflight, new_run_id), project, sinks, audit,
+                 cancelled)
 
-    return new_run_id()
+
+def recover_run(project: Project, run_id: str, *, yes: bool = False, prompt: Prompt | None = None,
+                sinks: list[Sink] | None = None, audit: Any = None, skip_preflight: bool = False,
+                cancelled: Callable[[], bool] | None = None, new_run_id: str | None = None) -> RunResult:
+    """Converge a run that was killed mid-way (record ``interrupted``): undo what it did."""
+    return _undo(UndoRequest("recover", run_id, yes, prompt, skip_preflight, new_run_id), project, sinks, audit,
+                 cancelled)
 
 
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _undo(request: UndoRequest, project: Project, sinks: list[Sink] | None, audit: Any,
+          cancelled: Callable[[], bool] | None) -> RunResult:
+    from technician_ops.engine.past_runs import undo_past_run
+    from technician_ops.events import Bus
+
+    with _store(project, audit) as store:
+        return undo_past_run(request, project, Bus(list(sinks or [])), store, cancelled)
+
+
+def list_backups(project: Project, run_id: str | None = None, *, verify: bool = True) -> list[BackupEntry]:
+    """Stored backups (of one run, or all), each re-hashed unless ``verify`` is off."""
+    from technician_ops.steps.backup.controller import list_backups as listing
+
+    return listing(project.state_dir, run_id, verify=verify)
+
+
+# -- the audit log ----------------------------------------------------------------------------
+
+
+def history(project: Project, runbook: str | None = None, *, limit: int = 20, outcome: str | None = None,
+            since: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Recent runs, newest first; a naive ``since`` is UTC."""
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.timezone.utc)
+    with _store(project) as store:
+        return list(store.history(runbook, limit=limit, outcome=outcome, since=since))
+
+
+def audit_verify(project: Project) -> VerifyResult:
+    """Check the hash chain; raises ``AuditTampered`` (exit 65) naming the first bad record."""
+    from technician_ops.errors import AuditTampered
+
+    with _store(project) as store:
+        result = store.verify()
+    if not result.ok:
+        raise AuditTampered(f"audit log is NOT intact: record seq {result.first_bad_seq} (run {result.first_bad_run_id}): "
+                            f"{result.reason}; {result.checked} record(s) checked")
+    return result
+
+
+def audit_export(project: Project, out: TextIO) -> int:
+    """Every finished record in chain order, one canonical JSON object per line; returns how many."""
+    with _store(project) as store:
+        return int(store.export_jsonl(out))
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+
+def schedule(project: Project, warn: Warn | None = None) -> list[ScheduleEntry]:
+    """The runbooks with ``schedule:``; invalid runbooks are skipped with a warning."""
+    from technician_ops.outputs.schedule import entries
+    from technician_ops.plan.loader import load_runbook
+
+    runbooks = []
+    for path in sorted(project.runbooks_dir.glob("*.md")):
+        try:
+            runbooks.append(load_runbook(path, project.root))
+        except TechnicianOpsError as exc:
+            _warn_all(warn, [f"skipping invalid runbook: {exc.message.splitlines()[0]}"])
+    return entries(project.root, runbooks)
+
+
+def schedule_export(project: Project, fmt: str, *, binary: str, log_dir: Path | None = None,
+                    warn: Warn | None = None) -> str | dict[str, str]:
+    """Crontab text, or ``{unit file name: text}`` for systemd."""
+    from technician_ops.outputs.schedule import export_crontab, export_systemd
+
+    items = schedule(project, warn)
+    logs = log_dir or project.state_dir / "logs"
+    if fmt == "crontab":
+        return export_crontab(items, technician_ops_bin=binary, project_root=project.root, log_dir=logs)
+    return export_systemd(items, technician_ops_bin=binary, project_root=project.root, log_dir=logs)

@@ -26,12 +26,10 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _project(ctx: click.Context, **overrides: Any) -> Any:
-    from pathlib import Path
+    from technician_ops.api import open_project
 
-    from technician_ops.project import load_project
-
-    root = ctx.obj.get("project") if ctx.obj else None
-    return load_project(Path(root) if root else None, **overrides)
+    root = ctx.find_root().obj.get("project") if ctx.find_root().obj else None
+    return open_project(root, **overrides)
 
 
 @click.group(context_settings=CONTEXT)
@@ -66,24 +64,11 @@ def list_cmd(ctx: click.Context) -> None:
 @click.pass_context
 def show_cmd(ctx: click.Context, name: str) -> None:
     """A runbook's parameters and steps, or a run's audit record (by RUN_ID)."""
-    from technician_ops.api import load
-    from technician_ops.errors import NotFound
+    from technician_ops.api import show
+    from technician_ops.outputs.render import record_text, runbook_text
 
-    project = _project(ctx)
-    try:
-        runbook = load(name, project)
-    except NotFound:
-        if _looks_like_run_id(name):
-            _show_run(ctx, name)
-            return
-        raise
-    from technician_ops.outputs.render import runbook_text
-
-    click.echo(runbook_text(runbook))
-
-
-def _looks_like_run_id(text: str) -> bool:
-    return len(text) >= 6 and all(c in "0123456789abcdef-" for c in text.lower())
+    shown = show(name, _project(ctx))
+    click.echo(runbook_text(shown.runbook) if shown.runbook is not None else record_text(shown.record or {}))
 
 
 @cli.command("lint")
@@ -92,23 +77,13 @@ def _looks_like_run_id(text: str) -> bool:
 @click.pass_context
 def lint_cmd(ctx: click.Context, paths: tuple[str, ...], strict: bool) -> None:
     """Validate runbooks; print each problem as path:line: message."""
-    from pathlib import Path
+    from technician_ops.api import lint
 
-    from technician_ops.runbook.loader import lint
-
-    project = _project(ctx)
-    files: list[Path] = []
-    for p in paths or (str(project.runbooks_dir),):
-        path = Path(p)
-        files.extend(sorted(path.glob("*.md")) if path.is_dir() else [path])
-    errors = warnings = 0
-    for f in files:
-        for diag in lint(f, project.root, strict=strict):
-            click.echo(str(diag), err=False)
-            errors += diag.severity == "error"
-            warnings += diag.severity == "warning"
-    click.echo(f"{len(files)} runbook(s): {errors} error(s), {warnings} warning(s)", err=True)
-    if errors:
+    report = lint(list(paths), _project(ctx), strict=strict)
+    for diag in report.diagnostics:
+        click.echo(str(diag))
+    click.echo(f"{len(report.files)} runbook(s): {report.errors} error(s), {report.warnings} warning(s)", err=True)
+    if report.errors:
         raise SystemExit(int(ExitCode.DATAERR))
 
 
@@ -133,8 +108,7 @@ def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tu
     from technician_ops.api import compile_runbook
     from technician_ops.runbook.params import parse_assignments
 
-    project = _project(ctx, inventory=inventory)
-    files = compile_runbook(name, project, Path(out), parse_assignments(params), check=check)
+    files = compile_runbook(name, _project(ctx, inventory=inventory), Path(out), parse_assignments(params), check=check)
     for label, path in files.items():
         click.echo(f"{label:10} {path}")
 
@@ -163,7 +137,7 @@ def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: t
             approve: tuple[str, ...], output: str, strict: bool, wait_lock: float, skip_preflight: bool,
             accelerate: bool | None, audit_url: str | None, junit: str | None, metrics_file: str | None, notify_url: str | None) -> None:
     """Run a runbook: steps in order, undo on failure, one audit record."""
-    from technician_ops.api import RunRequest, run
+    from technician_ops.api import RunRequest, run_command
     from technician_ops.outputs.console import JsonView, TextView
     from technician_ops.runbook.params import parse_assignments
 
@@ -177,86 +151,17 @@ def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: t
             view.console.print(f"[bold yellow]approval needed[/] for step [bold]{step}[/]:\n{text}")
             return click.confirm("Approve?", default=False)
 
-    from technician_ops.audit import new_run_id
-
-    run_id = new_run_id()
-    sinks: list[Any] = [view] if view is not None else [JsonView(run_id)]
-    stop = _Cancel()
     request = RunRequest(name, parse_assignments(params), check=check, yes=yes, approve=approve, strict=strict,
                          prompt=prompt if interactive else None, wait_lock=wait_lock, skip_preflight=skip_preflight,
-                         run_id=run_id, accelerate=accelerate)
-    report = _Reports(name, project, junit, metrics_file, notify_url)
-    sinks.extend(report.sinks())
-    store = _open_store(project)
-    try:
-        with stop:
-            result = run(request, project, sinks, audit=store, cancelled=stop)
-    except TechnicianOpsError as exc:
-        report.finish(None, exc)
-        raise
-    finally:
-        store.close()
-    report.finish(result, None)
+                         accelerate=accelerate)
+    with _Cancel() as stop:
+        result = run_command(request, project, [view if view is not None else JsonView()], cancelled=stop,
+                             junit=junit, metrics_file=metrics_file, notify_url=notify_url, warn=_warn)
     raise SystemExit(int(result.exit_code))
 
 
-class _Reports:
-    """The CI/cron outputs of one run: JUnit, metrics, failure notification.
-
-    None of them may change a run's outcome: their own failures are warnings.
-    """
-
-    def __init__(self, name: str, project: Any, junit: str | None, metrics: str | None, notify_url: str | None) -> None:
-        self.name, self.project = name, project
-        self.junit_path, self.metrics_path, self.notify_url = junit, metrics, notify_url
-        self.junit: Any = None
-        self.run_end: dict[str, Any] = {}
-        self.runbook_name = name
-
-    def sinks(self) -> list[Any]:
-        out: list[Any] = [self]
-        if self.junit_path:
-            from technician_ops.api import load
-            from technician_ops.outputs.junit import JUnitSink
-
-            try:
-                runbook = load(self.name, self.project)
-                self.runbook_name = runbook.name
-                self.junit = JUnitSink([s.name for s in runbook.steps])
-            except TechnicianOpsError:
-                self.junit = JUnitSink()
-            out.append(self.junit)
-        return out
-
-    def handle(self, event: Any) -> None:
-        if event.kind.value == "run_end":
-            self.run_end = dict(event.data)
-
-    def finish(self, result: Any, error: TechnicianOpsError | None) -> None:
-        import time
-
-        if self.junit is not None and self.junit_path:
-            self.junit.write(self.junit_path)
-        if self.metrics_path:
-            from technician_ops.outputs.metrics import write_metrics
-
-            if result is not None:
-                outcome, duration, code = result.outcome, result.duration, int(result.exit_code)
-            else:
-                assert error is not None
-                outcome = "skipped" if error.exit_code == ExitCode.TEMPFAIL else "refused"
-                duration, code = 0.0, int(error.exit_code)
-            try:
-                write_metrics(self.metrics_path, self.runbook_name, outcome, duration, time.time(), code)
-            except TechnicianOpsError as exc:
-                click.echo(f"warning: metrics not written: {exc.message}", err=True)
-        if self.notify_url and result is not None:
-            from technician_ops.outputs.notify import message_for, notify, should_notify
-
-            if should_notify(result.outcome):
-                sent = notify(self.notify_url, message_for(self.run_end, self.runbook_name))
-                if not sent.ok:
-                    click.echo(f"warning: notification failed after {sent.attempts} attempt(s): {sent.error}", err=True)
+def _warn(text: str) -> None:
+    click.echo(f"warning: {text}", err=True)
 
 
 class _Cancel:
@@ -290,23 +195,6 @@ class _Cancel:
             signal.signal(sig, old)
 
 
-def _open_store(project: Any) -> Any:
-    from technician_ops.audit import open_store
-
-    return open_store(project.audit_url, project.root)
-
-
-def _show_run(ctx: click.Context, run_id: str) -> None:
-    from technician_ops.outputs.render import record_text
-
-    project = _project(ctx)
-    store = _open_store(project)
-    try:
-        click.echo(record_text(store.get(run_id)))
-    finally:
-        store.close()
-
-
 @cli.command("history")
 @click.argument("runbook", required=False)
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
@@ -316,16 +204,9 @@ def _show_run(ctx: click.Context, run_id: str) -> None:
 @click.pass_context
 def history_cmd(ctx: click.Context, runbook: str | None, limit: int, outcome: str | None, since: Any, audit_url: str | None) -> None:
     """Recent runs, newest first."""
-    import datetime as dt
+    from technician_ops.api import history
 
-    project = _project(ctx, audit_url=audit_url)
-    store = _open_store(project)
-    try:
-        if since is not None and since.tzinfo is None:
-            since = since.replace(tzinfo=dt.timezone.utc)
-        rows = store.history(runbook, limit=limit, outcome=outcome, since=since)
-    finally:
-        store.close()
+    rows = history(_project(ctx, audit_url=audit_url), runbook, limit=limit, outcome=outcome, since=since)
     if not rows:
         click.echo("no runs recorded")
         return
@@ -340,27 +221,14 @@ def schedule_group() -> None:
     """Cron and systemd entries for runbooks with a schedule."""
 
 
-def _scheduled(ctx: click.Context) -> tuple[Any, list[Any]]:
-    from technician_ops.runbook import loader
-    from technician_ops.outputs.schedule import entries
-
-    project = _project(ctx.find_root())
-    runbooks = []
-    for path in sorted(project.runbooks_dir.glob("*.md")):
-        try:
-            runbooks.append(loader.load_runbook(path, project.root))
-        except TechnicianOpsError as exc:
-            click.echo(f"warning: skipping invalid runbook: {exc.message.splitlines()[0]}", err=True)
-    return project, entries(project.root, runbooks)
-
-
 @schedule_group.command("list")
 @click.pass_context
 def schedule_list_cmd(ctx: click.Context) -> None:
     """Scheduled runbooks and their next three fire times."""
-    from technician_ops.outputs.schedule import next_fire_times
+    from technician_ops.api import schedule
+    from technician_ops.runbook.cron import next_fire_times
 
-    _project_, items = _scheduled(ctx)
+    items = schedule(_project(ctx), warn=_warn)
     if not items:
         click.echo("no runbook has a schedule")
     for e in items:
@@ -381,17 +249,15 @@ def schedule_export_cmd(ctx: click.Context, fmt: str, binary: str | None, log_di
     import shutil
     from pathlib import Path
 
-    from technician_ops.outputs.schedule import export_crontab, export_systemd
+    from technician_ops.api import schedule_export
 
-    project, items = _scheduled(ctx)
     exe = binary or shutil.which("technician-ops") or str(Path(sys.executable).parent / "technician-ops")
-    exe = str(Path(exe).resolve())
-    logs = Path(log_dir) if log_dir else project.state_dir / "logs"
-    if fmt == "crontab":
-        click.echo(export_crontab(items, technician_ops_bin=exe, project_root=project.root, log_dir=logs), nl=False)
+    exported = schedule_export(_project(ctx), fmt, binary=str(Path(exe).resolve()),
+                               log_dir=Path(log_dir) if log_dir else None, warn=_warn)
+    if isinstance(exported, str):
+        click.echo(exported, nl=False)
         return
-    units = export_systemd(items, technician_ops_bin=exe, project_root=project.root, log_dir=logs)
-    for unit, text in units.items():
+    for unit, text in exported.items():
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             (Path(out) / unit).write_text(text)
@@ -410,17 +276,9 @@ def audit_group() -> None:
 @click.pass_context
 def audit_verify_cmd(ctx: click.Context, audit_url: str | None) -> None:
     """Check the hash chain; report the first edited, deleted, inserted or reordered record."""
-    from technician_ops.errors import AuditTampered
+    from technician_ops.api import audit_verify
 
-    project = _project(ctx.find_root(), audit_url=audit_url)
-    store = _open_store(project)
-    try:
-        result = store.verify()
-    finally:
-        store.close()
-    if not result.ok:
-        raise AuditTampered(f"audit log is NOT intact: record seq {result.first_bad_seq} (run {result.first_bad_run_id}): "
-                            f"{result.reason}; {result.checked} record(s) checked")
+    result = audit_verify(_project(ctx, audit_url=audit_url))
     click.echo(f"audit log intact: {result.checked} record(s) verified")
 
 
@@ -431,17 +289,15 @@ def audit_verify_cmd(ctx: click.Context, audit_url: str | None) -> None:
 @click.pass_context
 def audit_export_cmd(ctx: click.Context, fmt: str, out: str | None, audit_url: str | None) -> None:
     """Every finished record in chain order, one canonical JSON object per line."""
-    project = _project(ctx.find_root(), audit_url=audit_url)
-    store = _open_store(project)
-    try:
-        if out:
-            with open(out, "w", encoding="utf-8") as fh:
-                count = store.export_jsonl(fh)
-            click.echo(f"{count} record(s) written to {out}", err=True)
-        else:
-            store.export_jsonl(sys.stdout)
-    finally:
-        store.close()
+    from technician_ops.api import audit_export
+
+    project = _project(ctx, audit_url=audit_url)
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            count = audit_export(project, fh)
+        click.echo(f"{count} record(s) written to {out}", err=True)
+    else:
+        audit_export(project, sys.stdout)
 
 
 @cli.group("backups")
@@ -457,9 +313,9 @@ def backups_list_cmd(ctx: click.Context, run_id: str | None, no_verify: bool) ->
     """Stored backups, of one run or of all, with whether each still matches its sha256."""
     import datetime as dt
 
-    from technician_ops.engine.past_runs import list_backups
+    from technician_ops.api import list_backups
 
-    rows = list_backups(_project(ctx.find_root()), run_id, verify=not no_verify)
+    rows = list_backups(_project(ctx), run_id, verify=not no_verify)
     if not rows:
         click.echo("no backups stored")
         return
@@ -471,29 +327,20 @@ def backups_list_cmd(ctx: click.Context, run_id: str | None, no_verify: bool) ->
 
 def _undo_command(ctx: click.Context, action: str, run_id: str, yes: bool, output: str, skip_preflight: bool,
                   audit_url: str | None) -> None:
+    from technician_ops import api
     from technician_ops.outputs.console import JsonView, TextView
-    from technician_ops.engine.past_runs import recover_run, rollback_run
 
-    project = _project(ctx, audit_url=audit_url)
-    view = TextView() if output == "text" else None
     interactive = sys.stdin.isatty() and output == "text"
 
     def prompt(what: str, text: str) -> bool:
         click.echo(text)
         return click.confirm(f"{what.capitalize()} now?", default=False)
 
-    from technician_ops.audit import new_run_id
-
-    new_id = new_run_id()
-    sinks: list[Any] = [view] if view is not None else [JsonView(new_id)]
-    func = rollback_run if action == "rollback" else recover_run
-    store = _open_store(project)
-    try:
-        with _Cancel() as stop:
-            result = func(project, run_id, yes=yes, prompt=prompt if interactive else None, sinks=sinks, audit=store,
-                          skip_preflight=skip_preflight, cancelled=stop, new_run_id=new_id)
-    finally:
-        store.close()
+    undo = api.rollback_run if action == "rollback" else api.recover_run
+    with _Cancel() as stop:
+        result = undo(_project(ctx, audit_url=audit_url), run_id, yes=yes, prompt=prompt if interactive else None,
+                      sinks=[TextView() if output == "text" else JsonView()], skip_preflight=skip_preflight,
+                      cancelled=stop)
     raise SystemExit(int(result.exit_code))
 
 

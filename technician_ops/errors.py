@@ -134,3 +134,15 @@ class AuditError(TechnicianOpsError):
 
 class AuditTampered(TechnicianOpsError):
     exit_code = ExitCode.DATAERR
+
+
+class PastRunError(TechnicianOpsError):
+    """The named earlier run cannot be undone as asked; nothing was changed."""
+
+    exit_code = ExitCode.DATAERR
+
+
+class ScheduleError(TechnicianOpsError):
+    """A schedule cannot be exported (required parameters, an unconvertible expression)."""
+
+    exit_code = ExitCode.DATAERR

@@ -12,27 +12,12 @@ import enum
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, TypedDict
 
 from technician_ops.outcomes import Outcome as Outcome  # re-exported: the event model's own vocabulary
+from technician_ops.state import HostStatus as HostStatus, StepStatus as StepStatus  # re-exported likewise
 
 SCHEMA_VERSION = 1
-
-
-class StepStatus(str, enum.Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-class HostStatus(str, enum.Enum):
-    OK = "ok"
-    CHANGED = "changed"
-    FAILED = "failed"
-    UNREACHABLE = "unreachable"
-    SKIPPED = "skipped"
 
 
 class Kind(str, enum.Enum):
@@ -49,6 +34,97 @@ class Kind(str, enum.Enum):
     ARTIFACT = "artifact"  # artifact type (backup, secret_version, terraform_plan, ...) plus its data; never a secret value
     NOTICE = "notice"  # level, message
     RUN_END = "run_end"  # outcome, exit_code, ended_at, duration, failed_step, failed_hosts
+
+
+# -- the payload of each event kind -------------------------------------------------
+# ``Bus.emit(kind, **payload)`` sends these keys; docs/events.md documents them
+# and tests/unit/test_events.py checks every event of real runs against them.
+
+
+class RunStart(TypedDict, total=False):
+    run_id: str
+    runbook: str
+    path: str
+    check: bool
+    params: dict[str, Any]
+    operator: dict[str, Any]
+    origin: dict[str, Any]
+    started_at: str
+    action: str  # rollback / recover of an earlier run only
+    rollback_of: str
+
+
+class StepStart(TypedDict):
+    step: str
+    kind: str
+    hosts: str
+    phase: str
+
+
+class TaskStart(TypedDict):
+    step: str
+    task: str
+    phase: str
+
+
+class HostResult(TypedDict):
+    step: str
+    host: str
+    status: str  # HostStatus
+    changed: bool
+    duration: float
+    error: str | None
+    phase: str
+
+
+class StepEnd(TypedDict):
+    step: str
+    status: str  # StepStatus
+    duration: float
+    phase: str
+    hosts: dict[str, str]
+
+
+class Approval(TypedDict):
+    step: str
+    approved: bool
+    by: str
+    user: str
+
+
+class RollbackStart(TypedDict):
+    steps: list[str]
+
+
+class RollbackEnd(TypedDict):
+    outcome: str
+    failures: list[dict[str, Any]]
+    steps: list[str]
+
+
+class Notice(TypedDict):
+    level: str
+    message: str
+
+
+class RunEnd(TypedDict):
+    run_id: str
+    outcome: str
+    exit_code: int
+    ended_at: str
+    duration: float
+    failed_step: str | None
+    failed_hosts: list[str]
+
+
+# ``artifact`` events carry ``type`` plus that artifact's own fields (backup,
+# secret_version, terraform_plan, ...), never a secret value: no fixed shape.
+PAYLOADS: dict[Kind, type | None] = {
+    Kind.RUN_START: RunStart, Kind.STEP_START: StepStart, Kind.TASK_START: TaskStart,
+    Kind.HOST_RESULT: HostResult, Kind.STEP_END: StepEnd, Kind.APPROVAL: Approval,
+    Kind.ROLLBACK_START: RollbackStart, Kind.ROLLBACK_END: RollbackEnd, Kind.ARTIFACT: None,
+    Kind.NOTICE: Notice, Kind.RUN_END: RunEnd,
+}
 
 
 @dataclass(frozen=True)

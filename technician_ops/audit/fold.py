@@ -26,6 +26,7 @@ import datetime as _dt
 from typing import Any, Iterable
 
 from technician_ops.events import Kind, Outcome
+from technician_ops.state import HostState, StepState, StepStatus, host_status, step_status
 
 RECORD_SCHEMA = 1
 ARTIFACT_TYPES = ("backup", "secret_version", "terraform_plan")
@@ -97,81 +98,85 @@ def _ensure_rollback(record: dict[str, Any]) -> dict[str, Any]:
     return rb
 
 
-def _steps_for(record: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    if data.get("phase") == "rollback":
-        steps: dict[str, Any] = _ensure_rollback(record)["steps"]
-        return steps
-    main: dict[str, Any] = record["steps"]
-    return main
+class _Fold:
+    """A record being built; steps are ``state.StepState`` until the record is done."""
 
+    def __init__(self, header: dict[str, Any]) -> None:
+        self.record = new_record(header)
+        self.steps: dict[str, dict[str, StepState]] = {"run": {}, "rollback": {}}
 
-def _step_entry(steps: dict[str, Any], data: dict[str, Any], ts: float) -> dict[str, Any]:
-    name = str(data.get("step"))
-    entry = steps.get(name)
-    if entry is None:
-        entry = {"name": name, "kind": data.get("kind"), "targets": data.get("hosts"),
-                 "phase": data.get("phase", "run"), "status": "running", "order": len(steps),
-                 "started_at": iso_utc(ts), "ended_at": None, "duration": None, "hosts": {}}
-        steps[name] = entry
-    return entry
+    def _step(self, data: dict[str, Any], ts: float) -> StepState:
+        phase = "rollback" if data.get("phase") == "rollback" else "run"
+        if phase == "rollback":
+            _ensure_rollback(self.record)
+        steps = self.steps[phase]
+        name = str(data.get("step"))
+        state = steps.get(name)
+        if state is None:
+            state = steps[name] = StepState(name, data.get("kind"), data.get("hosts"), data.get("phase", "run"),
+                                            order=len(steps), started_at=iso_utc(ts))
+        return state
 
+    def apply(self, kind: str, data: dict[str, Any], ts: float) -> None:
+        """Apply one event.  Unknown kinds are counted, not fatal."""
+        record = self.record
+        record["events"] += 1
+        if kind == Kind.STEP_START.value:
+            state = self._step(data, ts)
+            state.kind = data.get("kind", state.kind)
+            state.targets = data.get("hosts", state.targets)
+            state.status = StepStatus.RUNNING
+            state.started_at = iso_utc(ts)
+        elif kind == Kind.HOST_RESULT.value:
+            self._step(data, ts).hosts[str(data.get("host"))] = HostState.from_record(data)
+        elif kind == Kind.STEP_END.value:
+            state = self._step(data, ts)
+            if "status" in data:
+                state.status = step_status(data["status"])
+            state.duration = data.get("duration")
+            state.ended_at = iso_utc(ts)
+            for host, status in (data.get("hosts") or {}).items():
+                state.host(str(host)).status = host_status(status)
+        elif kind == Kind.APPROVAL.value:
+            record["approvals"].append({**data, "at": iso_utc(ts)})
+        elif kind == Kind.ROLLBACK_START.value:
+            rb = _ensure_rollback(record)
+            rb["planned"] = list(data.get("steps") or [])
+            rb["started_at"] = iso_utc(ts)
+        elif kind == Kind.ROLLBACK_END.value:
+            rb = _ensure_rollback(record)
+            rb["outcome"] = data.get("outcome")
+            rb["failures"] = list(data.get("failures") or [])
+            rb["ended_at"] = iso_utc(ts)
+        elif kind == Kind.ARTIFACT.value:
+            item = {k: v for k, v in data.items() if k != "type"}
+            item["at"] = iso_utc(ts)
+            record["artifacts"].setdefault(str(data.get("type", "other")), []).append(item)
+        elif kind == Kind.NOTICE.value:
+            record["notices"].append({"level": data.get("level", "info"), "message": data.get("message"),
+                                      "at": iso_utc(ts)})
+        elif kind == Kind.RUN_END.value:
+            for key in ("outcome", "exit_code", "duration", "failed_step"):
+                if key in data:
+                    record[key] = data[key]
+            if "failed_hosts" in data:
+                record["failed_hosts"] = list(data["failed_hosts"] or [])
+            record["ended_at"] = iso_utc(data["ended_at"]) if data.get("ended_at") else iso_utc(ts)
+        # RUN_START and TASK_START add nothing the header and step events lack.
 
-def apply_event(record: dict[str, Any], kind: str, data: dict[str, Any], ts: float) -> None:
-    """Apply one event to a record in place.  Unknown kinds are counted, not fatal."""
-    record["events"] += 1
-    if kind == Kind.STEP_START.value:
-        steps = _steps_for(record, data)
-        entry = _step_entry(steps, data, ts)
-        entry.update({"kind": data.get("kind", entry["kind"]), "targets": data.get("hosts", entry["targets"]),
-                      "status": "running", "started_at": iso_utc(ts)})
-    elif kind == Kind.HOST_RESULT.value:
-        entry = _step_entry(_steps_for(record, data), data, ts)
-        entry["hosts"][str(data.get("host"))] = {
-            "status": data.get("status"), "changed": bool(data.get("changed", False)),
-            "duration": data.get("duration"), "error": data.get("error")}
-    elif kind == Kind.STEP_END.value:
-        entry = _step_entry(_steps_for(record, data), data, ts)
-        entry["status"] = data.get("status", entry["status"])
-        entry["duration"] = data.get("duration")
-        entry["ended_at"] = iso_utc(ts)
-        for host, status in (data.get("hosts") or {}).items():
-            slot = entry["hosts"].setdefault(str(host), {"status": status, "changed": False,
-                                                         "duration": None, "error": None})
-            slot["status"] = status
-    elif kind == Kind.APPROVAL.value:
-        record["approvals"].append({**data, "at": iso_utc(ts)})
-    elif kind == Kind.ROLLBACK_START.value:
-        rb = _ensure_rollback(record)
-        rb["planned"] = list(data.get("steps") or [])
-        rb["started_at"] = iso_utc(ts)
-    elif kind == Kind.ROLLBACK_END.value:
-        rb = _ensure_rollback(record)
-        rb["outcome"] = data.get("outcome")
-        rb["failures"] = list(data.get("failures") or [])
-        rb["ended_at"] = iso_utc(ts)
-    elif kind == Kind.ARTIFACT.value:
-        item = {k: v for k, v in data.items() if k != "type"}
-        item["at"] = iso_utc(ts)
-        record["artifacts"].setdefault(str(data.get("type", "other")), []).append(item)
-    elif kind == Kind.NOTICE.value:
-        record["notices"].append({"level": data.get("level", "info"), "message": data.get("message"),
-                                  "at": iso_utc(ts)})
-    elif kind == Kind.RUN_END.value:
-        for key in ("outcome", "exit_code", "duration", "failed_step"):
-            if key in data:
-                record[key] = data[key]
-        if "failed_hosts" in data:
-            record["failed_hosts"] = list(data["failed_hosts"] or [])
-        record["ended_at"] = iso_utc(data["ended_at"]) if data.get("ended_at") else iso_utc(ts)
-    # RUN_START and TASK_START add nothing the header and step events lack.
+    def done(self) -> dict[str, Any]:
+        self.record["steps"] = {n: s.to_record() for n, s in self.steps["run"].items()}
+        if self.record["rollback"] is not None:
+            self.record["rollback"]["steps"] = {n: s.to_record() for n, s in self.steps["rollback"].items()}
+        return self.record
 
 
 def fold(header: dict[str, Any], events: Iterable[tuple[str, dict[str, Any], float]]) -> dict[str, Any]:
     """Build the record from the header and ``(kind, data, ts)`` events in order."""
-    record = new_record(header)
+    builder = _Fold(header)
     for kind, data, ts in events:
-        apply_event(record, kind, data, ts)
-    return record
+        builder.apply(kind, data, ts)
+    return builder.done()
 
 
 def finalize(record: dict[str, Any], outcome: str, ended_at: str | None, reason: str | None) -> dict[str, Any]:

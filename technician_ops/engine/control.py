@@ -11,19 +11,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import socketserver
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
-ENV_SOCKET = "TECHNICIAN_OPS_CONTROL_SOCKET"
-ENV_TOKEN = "TECHNICIAN_OPS_CONTROL_TOKEN"
-ENV_RUN_ID = "TECHNICIAN_OPS_RUN_ID"
-ENV_STATE_DIR = "TECHNICIAN_OPS_STATE_DIR"
-NOT_UNDER_RUN = ("not running under technician-ops: TECHNICIAN_OPS_STATE_DIR/RUN_ID are not set "
-                 "(run this playbook with 'technician-ops run')")
+from technician_ops.channel import ENV_RUN_ID, ENV_SOCKET, ENV_STATE_DIR, ENV_TOKEN
+
+__all__ = ["ENV_RUN_ID", "ENV_STATE_DIR", "ControlServer", "Handler"]
+
 # How often serve_forever checks for shutdown: the default 0.5 s made every run wait ~0.25 s at its end.
 _POLL = 0.02
 
@@ -80,26 +77,3 @@ class ControlServer:
             self._dir.rmdir()
         except OSError:
             pass
-
-
-def run_context() -> tuple[Path, str] | None:
-    """(state dir, run id) of the run our plugins execute in, or None outside a run."""
-    state_dir, run_id = os.environ.get(ENV_STATE_DIR), os.environ.get(ENV_RUN_ID)
-    return (Path(state_dir), run_id) if state_dir and run_id else None
-
-
-def call(op: str, **payload: Any) -> dict[str, Any]:
-    """Client side, used by our Ansible plugins."""
-    path, token = os.environ.get(ENV_SOCKET), os.environ.get(ENV_TOKEN)
-    if not path or not token:
-        raise RuntimeError("not running under technician-ops: no control socket (run this playbook with 'technician-ops run')")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(path)
-        sock.sendall(json.dumps({"op": op, "token": token, **payload}).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)

@@ -10,40 +10,20 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from technician_ops.events import Bus, HostStatus, Kind, StepStatus
 from technician_ops.engine.redact import Redactor
+from technician_ops.events import Bus, Kind
+from technician_ops.state import HostStatus, StepState
 
-_RANK = {HostStatus.SKIPPED: 0, HostStatus.OK: 1, HostStatus.CHANGED: 2, HostStatus.FAILED: 3, HostStatus.UNREACHABLE: 4}
-
-
-@dataclass
-class HostAgg:
-    status: HostStatus = HostStatus.SKIPPED
-    changed: bool = False
-    duration: float = 0.0
-    error: str | None = None
-    ignored_errors: int = 0
-
-
-@dataclass
-class StepRun:
-    name: str
-    started: float = field(default_factory=time.monotonic)
-    hosts: dict[str, HostAgg] = field(default_factory=dict)
-    status: StepStatus = StepStatus.RUNNING
-    duration: float = 0.0
-
-    @property
-    def failed_hosts(self) -> list[str]:
-        return [h for h, a in self.hosts.items() if a.status in (HostStatus.FAILED, HostStatus.UNREACHABLE)]
-
-    @property
-    def changed(self) -> bool:
-        return any(a.changed for a in self.hosts.values())
+_STATUS = {
+    "runner_on_ok": HostStatus.OK,
+    "runner_on_failed": HostStatus.FAILED,
+    "runner_on_unreachable": HostStatus.UNREACHABLE,
+    "runner_on_skipped": HostStatus.SKIPPED,
+}
 
 
 class StepTracker:
@@ -57,9 +37,10 @@ class StepTracker:
         self.redactor = redactor
         self.kinds = kinds_by_step or {}
         self.patterns = hosts_by_step or {}
-        self.steps: dict[str, StepRun] = {}
+        self.steps: dict[str, StepState] = {}
         self.order: list[str] = []
-        self.current: StepRun | None = None
+        self.current: StepState | None = None
+        self._started = 0.0
         self.finished_cleanly = False
 
     # ansible-runner calls this for every event; returning True keeps it on disk.
@@ -70,10 +51,13 @@ class StepTracker:
             step = self.step_names.get(data.get("play") or data.get("name") or "")
             if step is not None:
                 self._close()
-                self.current = StepRun(step)
+                self.current = StepState(step, self.kinds.get(step, ""), self.patterns.get(step, ""), self.phase,
+                                         order=len(self.order))
+                self._started = time.monotonic()
                 self.steps[step] = self.current
                 self.order.append(step)
-                self.bus.emit(Kind.STEP_START, step=step, kind=self.kinds.get(step, ""), hosts=self.patterns.get(step, ""), phase=self.phase)
+                self.bus.emit(Kind.STEP_START, step=step, kind=self.kinds.get(step, ""), hosts=self.patterns.get(step, ""),
+                              phase=self.phase)
         elif etype == "playbook_on_task_start" and self.current is not None:
             task = data.get("task") or ""
             if task and task != self.current.name and not task.startswith("undo failed"):
@@ -87,35 +71,18 @@ class StepTracker:
 
     def _host_event(self, etype: str, data: dict[str, Any]) -> None:
         assert self.current is not None
-        host = data["host"]
-        agg = self.current.hosts.get(host)
-        if agg is None:
-            agg = self.current.hosts[host] = HostAgg()
-        if etype == "runner_on_start":
+        agg = self.current.host(data["host"])
+        status = _STATUS.get(etype)
+        if status is None:  # runner_on_start and the like: the host is in the step, nothing more
             return
         res = data.get("res") or {}
-        status = {
-            "runner_on_ok": HostStatus.CHANGED if res.get("changed") else HostStatus.OK,
-            "runner_on_failed": HostStatus.FAILED,
-            "runner_on_unreachable": HostStatus.UNREACHABLE,
-            "runner_on_skipped": HostStatus.SKIPPED,
-        }.get(etype)
-        if status is None:
-            return
-        agg.duration += float(data.get("duration") or 0.0)
-        if status in (HostStatus.FAILED, HostStatus.UNREACHABLE) and (data.get("ignore_errors") or res.get("skip_reason")):
-            agg.ignored_errors += 1
-            agg.error = agg.error or self._error(res, data)
-            return
-        if self.phase == "rollback" and status is HostStatus.FAILED:
-            # rescued inside the undo block: still an undo failure
-            pass
-        if status is HostStatus.CHANGED:
-            agg.changed = True
-        if _RANK[status] > _RANK[agg.status]:
-            agg.status = status
-        if status in (HostStatus.FAILED, HostStatus.UNREACHABLE) and agg.error is None:
-            agg.error = self._error(res, data)
+        if status is HostStatus.OK and res.get("changed"):
+            status = HostStatus.CHANGED
+        broken = status in (HostStatus.FAILED, HostStatus.UNREACHABLE)
+        agg.merge(status,
+                  duration=float(data.get("duration") or 0.0), error=self._error(res, data) if broken else None,
+                  ignored=broken and bool(data.get("ignore_errors") or res.get("skip_reason")))
+
 
     def _error(self, res: dict[str, Any], data: dict[str, Any]) -> str:
         if res.get("censored"):
@@ -137,16 +104,13 @@ class StepTracker:
         if run is None:
             return
         self.current = None
-        run.duration = time.monotonic() - run.started
-        failed = bool(run.failed_hosts)
-        run.status = StepStatus.FAILED if (failed or aborted) else StepStatus.SUCCEEDED
-        if self.phase == "rollback" and any(a.ignored_errors for a in run.hosts.values()):
-            run.status = StepStatus.FAILED
+        run.duration = time.monotonic() - self._started
+        run.close(aborted=aborted)
         for host, agg in run.hosts.items():
             self.bus.emit(Kind.HOST_RESULT, step=run.name, host=host, status=agg.status.value, changed=agg.changed,
-                          duration=round(agg.duration, 3), error=agg.error, phase=self.phase)
-        self.bus.emit(Kind.STEP_END, step=run.name, status=run.status.value, duration=round(run.duration, 3), phase=self.phase,
-                      hosts={h: a.status.value for h, a in run.hosts.items()})
+                          duration=round(agg.duration or 0.0, 3), error=agg.error, phase=self.phase)
+        self.bus.emit(Kind.STEP_END, step=run.name, status=run.status.value, duration=round(run.duration, 3),
+                      phase=self.phase, hosts={h: a.status.value for h, a in run.hosts.items()})
 
     def finish(self, rc: int) -> None:
         """After the execution returned: close a step the run died inside."""

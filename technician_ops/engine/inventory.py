@@ -104,17 +104,13 @@ class Inventory:
             return {}
         return dict(loaded.variables.get_vars(host=host, include_hostvars=False))
 
-    def preflight_specs(self, pattern: str) -> list[Any]:
-        """``preflight.HostSpec`` of the SSH hosts matching ``pattern``.
+    def ansible(self) -> Any:
+        """Ansible's view of these sources: ``.manager``, ``.variables``, ``.loader`` (loaded on first use).
 
-        Always from Ansible: the SSH settings are rendered templates, which may
-        read the environment or files, so they are not cached.
+        ``preflight.specs`` reads the SSH settings from it: they are rendered
+        templates, which may read the environment or files, so never cached.
         """
-        from technician_ops.engine import preflight
-
-        loaded = self._ansible()
-        return preflight.hosts_from_manager(loaded.manager, loaded.variables, loaded.loader, pattern,
-                                            what=", ".join(map(str, self.paths)))
+        return self._ansible()
 
     # --- cache -----------------------------------------------------------------------
     def save(self) -> None:

@@ -254,6 +254,13 @@ def hosts_from_inventory(inventory_path: Path | str | Iterable[Path | str], patt
     return hosts_from_manager(inventory, variables, loader, pattern, what=", ".join(sources))
 
 
+def specs(inventory: Any, pattern: str) -> list[HostSpec]:
+    """The SSH hosts of ``inventory`` (an ``inventory.Inventory``) matching ``pattern``, ready to check."""
+    loaded = inventory.ansible()
+    return hosts_from_manager(loaded.manager, loaded.variables, loaded.loader, pattern,
+                              what=", ".join(map(str, inventory.paths)))
+
+
 def hosts_from_manager(inventory: Any, variables: Any, loader: Any, pattern: str, *, what: str = "inventory") -> list[HostSpec]:
     """``hosts_from_inventory`` over an inventory the caller has already loaded.
 

@@ -19,12 +19,14 @@ _OUTCOME_STYLE = {"succeeded": "bold green", "failed": "bold red", "rolled_back"
 class JsonView:
     """One JSON object per event on stdout (``--output json``)."""
 
-    def __init__(self, run_id: str, stream: IO[str] | None = None) -> None:
-        self.run_id = run_id
+    def __init__(self, run_id: str | None = None, stream: IO[str] | None = None) -> None:
+        self.run_id = run_id or ""  # learned from run_start when not given
         self.stream = stream or sys.stdout
         self.lock = threading.Lock()
 
     def handle(self, event: Event) -> None:
+        if not self.run_id and event.kind is Kind.RUN_START:
+            self.run_id = str(event.data.get("run_id") or "")
         line = json.dumps(event.to_json(self.run_id), default=str, sort_keys=False)
         with self.lock:
             self.stream.write(line + "\n")

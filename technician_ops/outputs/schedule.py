@@ -8,7 +8,7 @@ started it.  A scheduled run has no terminal and nobody to pass ``-p``, so a
 runbook whose parameters are required without a default cannot be scheduled:
 ``entries`` reports it and the exports refuse it (exit 65).
 
-Cron syntax is the subset ``loader.cron_problem`` accepts: five numeric fields
+Cron syntax is the subset ``runbook.cron`` accepts: five numeric fields
 (``*``, numbers, ``a-b`` ranges, ``/n`` steps, comma lists) or an @alias.
 """
 
@@ -21,31 +21,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from technician_ops.errors import ExitCode, TechnicianOpsError
-from technician_ops.runbook.loader import cron_problem
+from technician_ops import steps
+from technician_ops.errors import ScheduleError
+from technician_ops.runbook.cron import cron_problem, next_fire_times, on_calendar
 from technician_ops.runbook.model import Runbook
 from technician_ops.engine.origin import ORIGIN_ENV
 
 UNIT_PREFIX = "technician-ops-"
-_DAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
-_ALIASES = {  # cron alias -> (crontab form kept as is, systemd OnCalendar)
-    "@hourly": "*-*-* *:00:00",
-    "@daily": "*-*-* 00:00:00",
-    "@midnight": "*-*-* 00:00:00",
-    "@weekly": "Sun *-*-* 00:00:00",  # cron's week starts on Sunday; systemd's "weekly" is Monday
-    "@monthly": "*-*-01 00:00:00",
-    "@yearly": "*-01-01 00:00:00",
-    "@annually": "*-01-01 00:00:00",
-}
-_FIRST = {"minute": 0, "hour": 0, "day": 1, "month": 1}
-
-
-class ScheduleError(TechnicianOpsError):
-    """A schedule cannot be exported (required parameters, an unconvertible expression)."""
-
-    exit_code = ExitCode.DATAERR
-
-
 @dataclass(frozen=True)
 class ScheduleEntry:
     runbook: str
@@ -71,7 +53,7 @@ def entries(project_root: Path, runbooks: Iterable[Runbook]) -> list[ScheduleEnt
             problem = (f"parameter(s) {', '.join(required)} are required and have no default: "
                        "a scheduled run has nobody to pass them (give them a default in the front matter)")
         warnings = []
-        approvals = [s.name for s in rb.steps if s.kind == "approve"]
+        approvals = [s.name for s in rb.steps if (kind := steps.get(s.kind)) is not None and kind.asks_operator]
         if approvals:
             warnings.append(f"approve step(s) {', '.join(approvals)}: unattended runs exit 5 (approval missing)")
         try:
@@ -161,87 +143,6 @@ def export_systemd(entries_: Iterable[ScheduleEntry], *, technician_ops_bin: str
             "WantedBy=timers.target\n"
         )
     return files
-
-
-def on_calendar(expr: str) -> list[str]:
-    """systemd OnCalendar= value(s) equivalent to a cron expression.
-
-    Two values when both day-of-month and day-of-week are restricted: cron
-    fires when EITHER matches, a single OnCalendar needs both.
-    """
-    expr = expr.strip()
-    problem = cron_problem(expr)
-    if problem:
-        raise ScheduleError(f"invalid schedule {expr!r}: {problem}")
-    if expr.startswith("@"):
-        if expr not in _ALIASES:
-            raise ScheduleError(f"schedule {expr!r} has no systemd timer equivalent", hint="use the crontab export")
-        return [_ALIASES[expr]]
-    minute, hour, dom, month, dow = expr.split()
-    time_part = f"{_field(hour, 'hour')}:{_field(minute, 'minute')}:00"
-    date_dom = f"*-{_field(month, 'month')}-{_field(dom, 'day')}"
-    date_any = f"*-{_field(month, 'month')}-*"
-    days = _weekdays(dow)
-    # Vixie cron ORs the two day fields only when neither starts with "*" (so "*/2" counts as unrestricted).
-    if not dom.startswith("*") and not dow.startswith("*"):
-        return [f"{days} {date_any} {time_part}", f"{date_dom} {time_part}"]
-    if days is None:
-        return [f"{date_dom} {time_part}"]
-    return [f"{days} {date_dom} {time_part}"]  # both must match (dom may be "*")
-
-
-def _field(field: str, unit: str) -> str:
-    """One numeric cron field in systemd syntax: a-b -> a..b, */n -> FIRST/n, lists kept."""
-    parts = []
-    for item in field.split(","):
-        base, _, step = item.partition("/")
-        if base == "*":
-            text = "*" if not step else f"{_FIRST[unit]:02d}"
-        elif "-" in base:
-            lo, hi = base.split("-")
-            if int(lo) > int(hi):
-                raise ScheduleError(f"{unit} range {base!r} runs backwards: no timer equivalent")
-            text = f"{int(lo):02d}..{int(hi):02d}"
-        else:  # cron "5/15" means 5-MAX/15, and so does systemd's "05/15"
-            text = f"{int(base):02d}"
-        parts.append(f"{text}/{int(step)}" if step else text)
-    return ",".join(parts)
-
-
-def _weekdays(field: str) -> str | None:
-    """A day-of-week field as a list of systemd day names; None for "*" (every day)."""
-    if field == "*":
-        return None
-    days: set[int] = set()
-    for item in field.split(","):
-        base, _, step_text = item.partition("/")
-        step = int(step_text) if step_text else 1
-        if base == "*":
-            lo, hi = 0, 6
-        elif "-" in base:
-            lo, hi = (int(x) for x in base.split("-"))
-        else:
-            lo = int(base)
-            hi = 7 if step_text else lo
-        if lo > hi:
-            raise ScheduleError(f"day-of-week range {base!r} runs backwards: no timer equivalent")
-        days.update(d % 7 for d in range(lo, hi + 1, step))
-    return ",".join(_DAYS[d] for d in sorted(days, key=lambda d: (d + 6) % 7))  # Mon first, like systemd
-
-
-def next_fire_times(expr: str, n: int = 3, now: dt.datetime | None = None) -> list[dt.datetime]:
-    """The next ``n`` times ``expr`` fires after ``now`` (default: now, local time)."""
-    from croniter import croniter
-
-    expr = expr.strip()
-    problem = cron_problem(expr)
-    if problem:
-        raise ScheduleError(f"invalid schedule {expr!r}: {problem}")
-    if expr == "@reboot":
-        raise ScheduleError("@reboot has no fire times: it runs once at boot")
-    base = now or dt.datetime.now().astimezone()
-    it = croniter(expr, base)
-    return [it.get_next(dt.datetime) for _ in range(n)]
 
 
 def _exec_quote(arg: str) -> str:

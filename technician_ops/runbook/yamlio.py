@@ -57,3 +57,34 @@ def load(text: str) -> Any:
         if _FAST_LOADER is yaml.SafeLoader:
             raise
         return yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader; raises PyYAML's error with its snippet
+
+
+# -- writing YAML that Ansible reads ---------------------------------------------
+
+
+class Unsafe(str):
+    """A string Ansible must never template (dumped as ``!unsafe``)."""
+
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _unsafe_representer(dumper: yaml.SafeDumper, data: Unsafe) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("!unsafe", str(data), style=style)
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+
+
+_Dumper.add_representer(Unsafe, _unsafe_representer)
+_Dumper.add_representer(str, _str_representer)
+_Dumper.add_multi_representer(str, _str_representer)
+
+
+def dump(data: Any) -> str:
+    """YAML for Ansible to read: block scalars for multi-line text, ``Unsafe`` as ``!unsafe``."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)

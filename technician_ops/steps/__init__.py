@@ -9,15 +9,19 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from functools import lru_cache
+from pathlib import Path
 
 from technician_ops.steps.base import StepKind
+
+
+_NOT_KINDS = frozenset({"base", "action"})  # what a kind is; the action plugins' preamble (imports ansible)
 
 
 @lru_cache(maxsize=1)
 def registry() -> dict[str, StepKind]:
     kinds: dict[str, StepKind] = {}
     for info in pkgutil.iter_modules(__path__):
-        if info.name == "base":
+        if info.name in _NOT_KINDS:
             continue
         # A kind is a module (``shell.py``) or a package whose ``kind`` module
         # is the cheap part (``vault/kind.py``; its run-time code loads lazily).
@@ -39,3 +43,9 @@ def default_for_language(lang: str) -> str | None:
         if lang in kind.languages:
             return kind.name
     return None
+
+
+def action_dirs() -> list[Path]:
+    """The ``action/`` directory of every kind that ships Ansible action plugins of its own."""
+    root = Path(__file__).parent
+    return sorted(d for d in root.glob("*/action") if d.is_dir())

@@ -8,14 +8,17 @@ import: ``lint`` loads them all, and ansible is never imported here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import yaml
 
 from technician_ops.runbook import yamlio
 from technician_ops.runbook.model import Runbook, Step
+from technician_ops.runbook.params import parse_duration
+from technician_ops.runbook.yamlio import dump as dump_yaml
 
 # Modules that only read: a task list made of these needs no undo.
 READ_ONLY_MODULES = frozenset(
@@ -60,7 +63,39 @@ class CompileContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class UndoDecision(Protocol):
+    """What a kind decided, reading only, about undoing its step of an earlier run (``recover``)."""
+
+    @property
+    def undo(self) -> bool: ...  # the step's undo runs
+
+    @property
+    def changes_state(self) -> bool: ...  # ``apply`` writes what the undo will read
+
+    def describe(self) -> str | None: ...
+
+    def artifact(self) -> dict[str, Any]: ...
+
+    def apply(self, new_run_id: str) -> None: ...
+
+
+@dataclass
+class PastRun:
+    """An earlier run being undone (``rollback RUN_ID``/``recover RUN_ID``), as the kinds' hooks see it."""
+
+    action: str  # "rollback" or "recover"
+    record: dict[str, Any]  # its audit record
+    state_dir: Path
+    decisions: list[UndoDecision] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.record["run_id"])
+
+
 class StepKind:
+    """One kind of step.  The engine knows kinds only through these attributes and hooks."""
+
     name: ClassVar[str] = ""
     languages: ClassVar[tuple[str, ...]] = ()  # fence languages that default to this kind
     mutating: ClassVar[bool] = True  # False: read-only; runs under --check too; no undo needed
@@ -68,6 +103,9 @@ class StepKind:
     auto_undo: ClassVar[bool] = False  # the kind registers its own undo (backup, vault)
     undo_on_own_failure: ClassVar[bool] = False  # undo even when this very step failed
     extra_attrs: ClassVar[frozenset[str]] = frozenset()
+    own_hosts: ClassVar[bool] = False  # the body picks its hosts (a playbook): the step's hosts= is not its target
+    asks_operator: ClassVar[bool] = False  # the step needs an answer from the operator (approve)
+    secret_scheme: ClassVar[str | None] = None  # front matter ``secrets: {x: "SCHEME:..."}`` this kind resolves
 
     # -- parse/validate --------------------------------------------------
     def parse(self, body: str, lang: str, project_root: Path) -> Any:
@@ -96,9 +134,27 @@ class StepKind:
 
     def plays(self, step: Step, ctx: CompileContext, tasks: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """The plays of this step.  The default is one play on the step's hosts."""
-        from technician_ops.plan.compiler import standard_play
-
         return [standard_play(self, step, ctx, self.tasks(step, ctx) if tasks is None else tasks)]
+
+    # -- run-time hooks: called once per run for each kind the plan uses ---------
+    # They may import heavy modules (their package's controller.py): lint never calls them.
+    def resolve_secrets(self, refs: dict[str, str], environ: dict[str, str] | None) -> dict[str, str]:
+        """Values of front matter secrets in this kind's ``secret_scheme``; before anything runs."""
+        raise NotImplementedError
+
+    def before_run(self, steps: list[Step], *, check: bool) -> None:
+        """Refuse the run (raise a ``TechnicianOpsError``) before any step changes anything."""
+
+    def after_run(self, runbook: Runbook, state_dir: Path, keep: int) -> list[str]:
+        """After a run that needs no human (succeeded, failed, rolled back); returns warnings."""
+        return []
+
+    def check_undo_of_past_run(self, past: PastRun, items: list[tuple[Any, list[str]]]) -> list[tuple[Any, list[str]]]:
+        """Of this kind's (plan step, hosts) about to be undone for ``past``, the ones whose undo runs.
+
+        Raise ``PastRunError`` to refuse (nothing changed yet); add decisions to ``past.decisions``.
+        """
+        return items
 
 
 def load_yaml_body(body: str) -> Any:
@@ -147,3 +203,111 @@ def task_changes_things(task: dict[str, Any]) -> bool:
         return any(task_changes_things(t) for t in task.get("block") or [] if isinstance(t, dict))
     modules = [k for k in task if k not in TASK_KEYWORDS]
     return any(m not in READ_ONLY_MODULES for m in modules)
+
+
+# -- the default play of one step ----------------------------------------------
+
+def standard_play(kind: StepKind, step: Step, ctx: CompileContext, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    attrs = step.attrs
+    hosts: Any = ctx.hosts
+    if kind.controller:
+        hosts = "localhost"
+    elif isinstance(hosts, list):
+        hosts = ",".join(hosts) if hosts else "!all"
+    play: dict[str, Any] = {"name": step.name, "hosts": hosts, "gather_facts": uses_facts(step)}
+    if attrs.get("continue_on_error", "false").lower() not in ("true", "yes"):
+        if "max_fail_percentage" in attrs:
+            play["max_fail_percentage"] = int(attrs["max_fail_percentage"])
+        else:
+            play["any_errors_fatal"] = True
+    if "serial" in attrs and not kind.controller:
+        serial = attrs["serial"]
+        play["serial"] = int(serial) if serial.isdigit() else serial
+    if attrs.get("become", "").lower() in ("true", "yes"):
+        play["become"] = True
+        if "become_user" in attrs:
+            play["become_user"] = attrs["become_user"]
+    play["vars_files"] = ["params.yml"]
+    secret_vars = _secret_vars(step, ctx)
+    if secret_vars:
+        # Pipelining keeps module arguments (which may now hold a secret) off
+        # the target's disk, for local connections too.
+        play["vars"] = {**secret_vars, "ansible_pipelining": True}
+    tasks = [_with_no_log(t, ctx.secret_names) for t in tasks]
+    if "retries" in attrs:
+        tasks = [_with_retries(t, int(attrs["retries"]), int(attrs.get("delay", "5"))) for t in tasks]
+    block: dict[str, Any] = {"name": step.name, "block": tasks}
+    if "when" in attrs:
+        block["when"] = attrs["when"]
+    if "timeout" in attrs:
+        block["timeout"] = parse_duration(attrs["timeout"])
+    if attrs.get("continue_on_error", "false").lower() in ("true", "yes"):
+        block["ignore_errors"] = True
+    play["tasks"] = [block]
+    return play
+
+
+def _mentions(text: str, name: str) -> bool:
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text) is not None
+
+
+def _secret_vars(step: Step, ctx: CompileContext) -> dict[str, str]:
+    """Secrets are fetched at run time through our lookup: never in a file."""
+    return {
+        name: "{{ lookup('technician_ops_secret', '%s') }}" % name
+        for name in sorted(ctx.secret_names)
+        if _mentions(step.body, name) or (name in ctx.params and _mentions(step.body, name.upper()))
+    }
+
+
+def _with_no_log(task: dict[str, Any], secrets: set[str]) -> dict[str, Any]:
+    if not secrets or "no_log" in task:
+        return task
+    text = dump_yaml(task)
+    if any(_mentions(text, s) for s in secrets):
+        return {**task, "no_log": True}
+    return task
+
+
+def _with_retries(task: dict[str, Any], retries: int, delay: int) -> dict[str, Any]:
+    if "block" in task or "until" in task:
+        return task
+    register = task.get("register") or "technician_ops_attempt"
+    return {**task, "register": register, "retries": retries, "delay": delay, "until": f"{register} is succeeded"}
+
+
+# ``ansible_*`` variables Ansible defines itself that are not facts: magic and
+# connection variables.  Anything else named ``ansible_*`` is taken for a fact
+# (``ansible_hostname``, ``ansible_python.version``...): wrongly gathering
+# costs a second, wrongly not gathering fails the step on an undefined variable.
+_NOT_FACTS = frozenset({
+    "host", "port", "user", "password", "connection", "timeout", "pipelining", "private_key_file", "remote_tmp",
+    "remote_user", "shell_type", "shell_executable", "python_interpreter", "module_compression", "async_dir",
+    "check_mode", "diff_mode", "forks", "inventory_sources", "limit", "verbosity", "version", "config_file",
+    "loop", "loop_var", "index_var", "play_batch", "play_hosts", "play_hosts_all", "play_name", "play_role_names",
+    "playbook_python", "role_name", "role_names", "parent_role_names", "parent_role_paths", "dependent_role_names",
+    "collection_name", "run_tags", "skip_tags", "search_path", "failed_task", "failed_result", "managed",
+    "become",
+})
+_NOT_FACT_PREFIXES = ("become_", "ssh_", "sftp_", "scp_", "paramiko_", "winrm_", "psrp_", "httpapi_", "netconf_",
+                      "network_", "persistent_", "docker_", "kubectl_", "jinja2_", "vault_")
+_ANSIBLE_VAR = re.compile(r"(?<![A-Za-z0-9_])ansible_([A-Za-z0-9_]+)")
+
+
+def uses_facts(step: Step) -> bool:
+    """Whether ``step`` reads gathered facts, so its play must gather them.
+
+    ``facts=true|false`` on the fence decides when given; otherwise any
+    ``ansible_facts`` or fact-like ``ansible_*`` name in the body or in
+    ``when`` does.  Steps that do not read facts never gather (issue 9:
+    gathering cost 1.40x at 10 hosts).
+    """
+    explicit = step.attrs.get("facts")
+    if explicit is not None:
+        return explicit.lower() in ("true", "yes")
+    for text in (step.body, step.attrs.get("when", "")):
+        for m in _ANSIBLE_VAR.finditer(text):
+            name = m.group(1)
+            if name not in _NOT_FACTS and not name.startswith(_NOT_FACT_PREFIXES):
+                return True
+    return False

@@ -15,6 +15,7 @@ from technician_ops.steps.base import BodyError, CompileContext, StepKind, load_
 
 class PlaybookKind(StepKind):
     name = "playbook"
+    own_hosts = True  # the playbook's plays name their hosts
 
     def parse(self, body: str, lang: str, project_root: Path) -> Any:
         spec = load_yaml_body(body)
@@ -35,7 +36,7 @@ class PlaybookKind(StepKind):
     def plays(self, step: Step, ctx: CompileContext, tasks: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         marker = {"name": step.name, "hosts": "localhost", "gather_facts": False, "tasks": []}
         include: dict[str, Any] = {"import_playbook": str((ctx.project_root / step.spec["file"]).resolve())}
-        from technician_ops.steps.shell import Unsafe
+        from technician_ops.runbook.yamlio import Unsafe
 
         public = {k: v for k, v in ctx.params.items() if k not in ctx.secret_names}
         values = {k: (Unsafe(v) if isinstance(v, str) else v) for k, v in public.items()}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from technician_ops.runbook.model import Step
+from technician_ops.runbook.yamlio import Unsafe
 from technician_ops.steps.base import BodyError, CompileContext, StepKind
 
 SHELLS = {"sh": "/bin/sh", "shell": "/bin/sh", "bash": "/bin/bash"}
@@ -55,10 +56,6 @@ def script_task(step: Step, ctx: CompileContext, *, read_only: bool) -> dict[str
     if secrets:
         task["no_log"] = True
     return task
-
-
-class Unsafe(str):
-    """A string Ansible must never template (dumped as ``!unsafe``)."""
 
 
 class ShellKind(StepKind):

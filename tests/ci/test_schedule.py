@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from technician_ops.runbook.loader import load_runbook
+from technician_ops.plan.loader import load_runbook
 from technician_ops.outputs.schedule import (ScheduleError, entries, export_crontab, export_systemd, next_fire_times,
                                      on_calendar)
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from technician_ops import api
-from technician_ops.engine import past_runs
+from technician_ops import api as past_runs
 from technician_ops.audit import open_store
 from technician_ops.errors import ApprovalMissing, ExitCode
 from technician_ops.events import Event, Kind, Outcome

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import yaml
 
-from technician_ops.api import bind_plan, write_plan
-from technician_ops.runbook.loader import load_runbook
+from technician_ops.plan.compiler import bind_plan
+from technician_ops.plan.files import write_plan
+from technician_ops.plan.loader import load_runbook
 
 RUNBOOK = """---
 hosts: web
@@ -121,7 +122,7 @@ def test_ansible_cfg_is_explicit(tmp_path: Path) -> None:
 
 
 def test_accelerated_runs_detect_dead_hosts_as_fast_as_ssh() -> None:
-    from technician_ops.plan.compiler import controller_inventory
+    from technician_ops.plan.files import controller_inventory
 
     plain = yaml.safe_load(controller_inventory(["web1"]))
     assert "vars" not in plain["all"] and plain["all"]["hosts"]["web1"]["ansible_python_interpreter"]
@@ -136,7 +137,7 @@ def _step(body: str, **attrs: str):  # type: ignore[no-untyped-def]
 
 
 def test_a_step_gathers_facts_only_when_it_reads_them() -> None:
-    from technician_ops.plan.compiler import uses_facts
+    from technician_ops.steps.base import uses_facts
 
     reads = ["- debug: {msg: \"{{ ansible_facts['hostname'] }}\"}",
              "- debug: {msg: \"{{ ansible_hostname }}\"}",
@@ -187,7 +188,7 @@ def test_forks_one_per_cpu_for_local_hosts_one_per_target_for_ssh_or_mitogen() -
 
 
 def test_run_sizes_forks_from_its_targets_unless_the_project_sets_them(tmp_path: Path) -> None:
-    from technician_ops import api
+    from technician_ops.engine import session
     from technician_ops.project import load_project
 
     (tmp_path / "runbooks").mkdir()
@@ -199,14 +200,14 @@ def test_run_sizes_forks_from_its_targets_unless_the_project_sets_them(tmp_path:
         {"all": {"children": {"web": {"hosts": hosts}, "db": {"hosts": {"web0": {}}}}}}))
     project = load_project(tmp_path, environ={})
     plan = bind_plan(load_runbook(tmp_path / "runbooks" / "c.md", tmp_path), project, {"token": "x"}, environ={})
-    inventory = api.load_inventory(project)
-    targets = api.target_hosts(plan, inventory)
+    inventory = session.load_inventory(project)
+    targets = session.target_hosts(plan, inventory)
     local = ["web0", "web1", "web2"]
     assert len(targets) == 43 and set(local) <= set(targets)
     cpus = os.cpu_count() or 2
-    assert api.sized(plan, project, inventory, targets).forks == max(cpus, 43)  # SSH targets
-    assert api.sized(plan, project, inventory, local).forks == cpus  # local only
-    assert api.sized(plan, project, inventory, local, accelerated=True).forks == max(cpus, 3)
+    assert session.sized(plan, project, inventory, targets).forks == max(cpus, 43)  # SSH targets
+    assert session.sized(plan, project, inventory, local).forks == cpus  # local only
+    assert session.sized(plan, project, inventory, local, accelerated=True).forks == max(cpus, 3)
     (tmp_path / "technician-ops.toml").write_text("forks = 7\n")
     fixed = load_project(tmp_path, environ={})
-    assert api.sized(bind_plan(plan.runbook, fixed, {"token": "x"}, environ={}), fixed, inventory, targets).forks == 7
+    assert session.sized(bind_plan(plan.runbook, fixed, {"token": "x"}, environ={}), fixed, inventory, targets).forks == 7

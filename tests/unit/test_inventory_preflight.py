@@ -27,7 +27,7 @@ def test_may_use_ssh_only_rules_out_plain_non_ssh_connections(tmp_path: Path) ->
 def test_preflight_specs_equal_a_fresh_parse(tmp_path: Path) -> None:
     path = tmp_path / "hosts.ini"
     path.write_text(INI)
-    specs = inventory.load((path,)).preflight_specs("all")
+    specs = preflight.specs(inventory.load((path,)), "all")
     assert specs == preflight.hosts_from_inventory(path, "all")
     assert [(s.name, s.address, s.port, s.user) for s in specs] == [("w1", "127.0.0.1", 2222, "deploy"),
                                                                      ("w3", "w3", 22, None)]

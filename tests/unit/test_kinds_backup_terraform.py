@@ -17,7 +17,7 @@ from technician_ops.steps.terraform import controller as terraform_steps
 from technician_ops.steps.backup.store import BackupCorrupted
 from technician_ops.plan.compiler import build_plan
 from technician_ops.steps.base import BodyError, CompileContext
-from technician_ops.runbook.loader import load_runbook
+from technician_ops.plan.loader import load_runbook
 from technician_ops.runbook.model import Step
 from technician_ops.steps.terraform.client import remember_apply
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from technician_ops.errors import RunbookError
-from technician_ops.runbook.loader import lint, load_runbook
+from technician_ops.plan.loader import lint, load_runbook
 
 BAD = Path(__file__).parent.parent / "fixtures" / "bad"
 CASES = sorted(BAD.glob("*.md"))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from ansible.plugins.action import ActionBase
+from technician_ops.steps.action import ControllerAction
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
 
     def run(self, tmp=None, task_vars=None):
-        from technician_ops.engine.control import call
+        from technician_ops.steps.action import call
 
         result = super().run(tmp, task_vars)
         step = self._task.args.get("step", "")

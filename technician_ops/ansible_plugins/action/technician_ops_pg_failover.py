@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ansible.plugins.action import ActionBase
+from technician_ops.steps.action import ControllerAction
 
 
 def _address(task_vars: dict[str, Any], host: str) -> str:
@@ -33,12 +33,10 @@ def _address(task_vars: dict[str, Any], host: str) -> str:
     return str(value or host)
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        from technician_ops.engine.control import call
+        from technician_ops.steps.action import call
         from technician_ops.errors import TechnicianOpsError
 
         result: dict[str, Any] = super().run(tmp, task_vars)

@@ -12,7 +12,7 @@ from ansible.plugins.lookup import LookupBase
 
 class LookupModule(LookupBase):
     def run(self, terms, variables=None, **kwargs):
-        from technician_ops.engine.control import call
+        from technician_ops.channel import call
 
         values = []
         for name in terms:

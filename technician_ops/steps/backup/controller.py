@@ -1,6 +1,6 @@
 """Controller-side work of the ``backup`` step, called by its action plugins.
 
-The step kind (``kinds/backup.py``) compiles to Ansible tasks; the parts that
+The step kind (``kind.py``) compiles to Ansible tasks; the parts that
 must happen on the controller -- registering a fetched archive in the
 :class:`~technician_ops.steps.backup.store.BackupStore`, dumping and restoring
 PostgreSQL, checking a stored artefact before it is shipped back for a
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,96 @@ def prune_backups(project_state_dir: Path, runbook: str, keep: int, order: Seque
     removed.
     """
     return store_for(project_state_dir).prune(runbook, keep, order)
+
+
+# -- what undoing an earlier run may restore from ------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupEntry:
+    """One stored artefact, and whether it still matches its recorded sha256."""
+
+    run_id: str
+    runbook: str
+    host: str
+    step: str
+    kind: str  # "files" or "postgres"
+    path: str
+    sha256: str
+    size: int
+    created_at: float
+    status: str  # "ok", "missing" or "corrupted"
+
+
+def list_backups(state_dir: Path, run_id: str | None = None, *, verify: bool = True) -> list[BackupEntry]:
+    """Backups of one run (a unique run id prefix is enough) or of every run, oldest first.
+
+    ``verify`` re-hashes every artefact, so the listing says which backups a
+    rollback could actually restore from.
+    """
+    store = store_for(state_dir)
+    wanted = _backup_run_id(store.root, run_id) if run_id else None
+    out = []
+    for rec in store.list(wanted):
+        status = "ok"
+        if verify:
+            try:
+                store.verify(rec)
+            except BackupError:
+                status = "missing" if not Path(rec.path).is_file() else "corrupted"
+        step = rec.name.rsplit(".", 1)[0]
+        out.append(BackupEntry(rec.run_id, rec.runbook, rec.host, step, rec.kind, rec.path, rec.sha256, rec.size,
+                               rec.created_at, status))
+    return out
+
+
+def _backup_run_id(root: Path, prefix: str) -> str:
+    from technician_ops.errors import NotFound
+
+    key = prefix.strip().lower()
+    runs = sorted(p.name for p in root.iterdir() if p.name.startswith(key)) if root.is_dir() else []
+    if key in runs:
+        return key
+    if len(runs) == 1:
+        return runs[0]
+    if not runs:
+        raise NotFound(f"no backups of run {prefix!r} in {root}", hint="'technician-ops backups list' shows every run's")
+    raise NotFound(f"run id prefix {prefix!r} is ambiguous", hint="type more characters of the run id")
+
+
+def check_past_backups(past: Any, items: list[tuple[Any, list[str]]]) -> list[tuple[Any, list[str]]]:
+    """Every backup an undo of ``past`` restores from exists and hashes to what the audit record says.
+
+    ``recover``: a host whose backup the killed run never recorded has nothing to restore.
+    """
+    from technician_ops.errors import PastRunError
+
+    recorded = {(a.get("step"), a.get("host")): a for a in past.record.get("artifacts", {}).get("backup", [])}
+    problems = []
+    keep: list[tuple[Any, list[str]]] = []
+    for ps, hosts in items:
+        source = "postgres" if "postgres" in ps.step.spec else "files"
+        with_backup = []
+        for host in hosts:
+            art = recorded.get((ps.name, host))
+            if art is None:
+                if past.action == "recover":
+                    continue
+                problems.append(f"{host}: the record has no backup of step {ps.name}")
+                continue
+            try:
+                rec = stored(past.state_dir, past.run_id, host, ps.name, source)
+            except BackupError as exc:
+                problems.append(f"{host}: {exc.message}")
+                continue
+            if rec.sha256 != art.get("sha256"):
+                problems.append(f"{host}: backup {artefact_name(ps.name, source)} has sha256 {rec.sha256}, "
+                                f"the audit record says {art.get('sha256')}")
+                continue
+            with_backup.append(host)
+        if with_backup:
+            keep.append((ps, with_backup))
+    if problems:
+        raise PastRunError(f"run {past.run_id} cannot be undone: its backups are missing or corrupted:\n  "
+                           + "\n  ".join(problems), hint="nothing was changed; restore by hand from an older backup")
+    return keep

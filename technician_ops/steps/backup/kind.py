@@ -34,8 +34,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from technician_ops.runbook.model import Step
-from technician_ops.steps.base import BodyError, CompileContext, StepKind, load_yaml_body
+from technician_ops.runbook.model import Runbook, Step
+from technician_ops.steps.base import BodyError, CompileContext, PastRun, StepKind, load_yaml_body
 
 REMOTE_SCRIPT = Path(__file__).resolve().parent.parent / "data" / "remote_backup.py"
 _PG_KEYS = {"database", "host", "port", "user"}
@@ -53,6 +53,25 @@ class BackupKind(StepKind):
     name = "backup"
     mutating = True
     auto_undo = True
+
+    # -- run-time hooks ------------------------------------------------------------
+    def after_run(self, runbook: Runbook, state_dir: Path, keep: int) -> list[str]:
+        """Retention: the backups of the newest ``keep`` runs of this runbook stay."""
+        if not (state_dir / "backups").exists():
+            return []
+        from technician_ops.errors import TechnicianOpsError
+        from technician_ops.steps.backup.controller import prune_backups
+
+        try:
+            prune_backups(state_dir, runbook.name, int(runbook.meta.get("keep_backups") or keep))
+        except TechnicianOpsError as exc:
+            return [f"backup retention: {exc.message}"]
+        return []
+
+    def check_undo_of_past_run(self, past: PastRun, items: list[tuple[Any, list[str]]]) -> list[tuple[Any, list[str]]]:
+        from technician_ops.steps.backup.controller import check_past_backups
+
+        return check_past_backups(past, items)
 
     def parse(self, body: str, lang: str, project_root: Path) -> Any:
         spec = load_yaml_body(body)

@@ -19,7 +19,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +252,110 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__} in the vault step (details withheld: they may contain the secret)"
 
 
+# -- undoing an earlier run's rotation (``rollback RUN_ID``, ``recover RUN_ID``) ------------
+
+
+@dataclass
+class Recovery:
+    """What a killed run's rotation left, decided by reading only (``converge``); a ``steps.base.UndoDecision``."""
+
+    step: str
+    state_file: Path
+    found: str | None
+    then: str  # "undo" or "nothing"
+    set: str | None = None  # the state this decision writes before the undo runs
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def undo(self) -> bool:
+        return self.then == "undo"
+
+    @property
+    def changes_state(self) -> bool:
+        return self.set is not None
+
+    def describe(self) -> str | None:
+        return None if self.undo else f"vault step {self.step}: nothing of it was published"
+
+    def artifact(self) -> dict[str, Any]:
+        data = {"type": "secret_recovery", "step": self.step, "found": self.found, "then": self.then, **self.facts}
+        if self.set is not None:
+            data["set"] = self.set
+        return data
+
+    def apply(self, new_run_id: str) -> None:
+        """Write the decision into the state file the undo reads."""
+        if self.set is None:
+            return
+        state = read_state(self.state_file) or {}
+        extra: dict[str, Any] = {k: self.facts[k] for k in ("new_version", "key_existed") if k in self.facts}
+        write_state(self.state_file, {**state, **extra, "status": self.set, "recovered_by": new_run_id})
+
+
+def past_state_file(step: str, state_dir: Path, run_id: str) -> Path:
+    return state_file(step, {"TECHNICIAN_OPS_RUN_ID": run_id, "TECHNICIAN_OPS_STATE_DIR": str(state_dir)})
+
+
+def check_past_rollback(step: str, state_dir: Path, run_id: str) -> None:
+    """``rollback RUN_ID``: the step's state file must say the rotation is ours and complete."""
+    from technician_ops.errors import PastRunError
+
+    path = past_state_file(step, state_dir, run_id)
+    state = read_state(path)
+    status = state["status"] if state else None
+    if status != ROTATED:
+        what = "is missing" if state is None else f"says {status!r}"
+        raise PastRunError(f"run {run_id} cannot be undone: the state file of vault step {step} ({path}) {what}, "
+                           "not 'rotated'", hint="nothing was changed; compare the secret's versions by hand")
+
+
+def converge(step: str, state_dir: Path, run_id: str) -> Recovery:
+    """Decide (reading only) what a killed rotation left, from its intent and Vault's current version.
+
+    - no state file, or ``not_written``/``rolled_back``: nothing of ours is published;
+    - ``intent``/``unknown`` and Vault still at ``from_version``: the write never happened -> ``not_written``;
+    - ``intent``/``unknown`` and Vault at ``from_version + 1``: our check-and-set write landed but the
+      process died before recording it -> treated as ours (``rotated``) and undone. A CAS write with
+      ``cas=from_version`` is the only way *we* could have produced that version; another writer in the
+      same window cannot be told apart, which the record says;
+    - ``rotated``: ours; the undo's own check-and-set refuses if someone wrote after us;
+    - anything else: refused, a human compares the versions.
+    """
+    from technician_ops.errors import PastRunError
+
+    path = past_state_file(step, state_dir, run_id)
+    state = read_state(path)
+    if state is None or state["status"] in (NOT_WRITTEN, ROLLED_BACK):
+        return Recovery(step, path, state["status"] if state else None, "nothing")
+    where = f"{state['mount']}/{state['path']}"
+    old = int(state["old_version"])
+    facts: dict[str, Any] = {"mount": state["mount"], "path": where, "key": state["key"], "from_version": old}
+    if state["status"] == ROTATED:
+        return Recovery(step, path, state["status"], "undo", facts={**facts, "new_version": state.get("new_version")})
+    client = vault.connect(None)
+    current = client.current_version(state["mount"], state["path"])
+    facts["current_version"] = current
+    if current == old:
+        return Recovery(step, path, state["status"], "nothing", NOT_WRITTEN, facts)
+    if current == old + 1:
+        existed = False
+        if old:
+            try:
+                client.read(vault.SecretRef(state["mount"], state["path"], state["key"]), version=old)
+                existed = True
+            except vault.VaultSecretNotFound:
+                existed = False
+        return Recovery(step, path, state["status"], "undo", ROTATED, {
+            **facts, "new_version": current, "key_existed": existed,
+            "attribution": f"by version number: the run recorded its intent at version {old} and died; "
+                           f"version {current} is taken to be its write"})
+    raise PastRunError(
+        f"vault step {step}: {where} is at version {current}, the killed run recorded its intent at version {old}: "
+        "more than one write happened since, which of them is ours cannot be told",
+        hint=f"compare versions {old}..{current} of {where} and restore by hand; nothing was changed")
+
+
 __all__ = [
-    "Generator", "Undo", "VaultStepError", "check_access", "describe", "dry_run",
-    "read_state", "roll_back", "rotate", "state_file", "write_state",
+    "Generator", "Recovery", "Undo", "VaultStepError", "check_access", "check_past_rollback", "converge",
+    "describe", "dry_run", "read_state", "roll_back", "rotate", "state_file", "write_state",
 ]

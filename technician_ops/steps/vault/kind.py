@@ -29,7 +29,7 @@ import yaml
 
 from technician_ops.runbook import yamlio
 from technician_ops.runbook.model import Step
-from technician_ops.steps.base import TASK_KEYWORDS, BodyError, CompileContext, StepKind, load_yaml_body
+from technician_ops.steps.base import TASK_KEYWORDS, BodyError, CompileContext, PastRun, StepKind, load_yaml_body
 
 KEYS = ("secret", "generate", "command", "as", "apply", "verify")
 GENERATE_KEYS = ("length", "charset")
@@ -154,6 +154,49 @@ class VaultKind(StepKind):
     name = "vault"
     auto_undo = True
     undo_on_own_failure = True  # a failed verify leaves the new value published
+    secret_scheme = "vault"  # front matter ``secrets: {x: "vault:mount/path#key"}``
+
+    # -- run-time hooks (hvac and the controller code load only here) ----------------
+    def resolve_secrets(self, refs: dict[str, str], environ: dict[str, str] | None) -> dict[str, str]:
+        """Read before anything runs; values live only in this process (the plan's params)."""
+        from technician_ops.steps.vault.client import resolve_refs
+
+        return dict(resolve_refs(refs, env=environ))
+
+    def before_run(self, steps: list[Step], *, check: bool) -> None:
+        """Every vault step's token capabilities, checked before any step runs.
+
+        The step checks again when it rotates; checking here too means a token
+        without permission fails the run (recorded ``refused``) with the path and
+        the missing capability before an earlier step has changed a host.  Vault
+        down or no credentials: the step itself fails, recorded as it always was.
+        """
+        from technician_ops.errors import TechnicianOpsError
+        from technician_ops.steps.vault.client import VaultPermissionError
+        from technician_ops.steps.vault.controller import check_access
+
+        try:
+            check_access([s.spec["secret"] for s in steps], check=check)
+        except VaultPermissionError:
+            raise
+        except TechnicianOpsError:
+            return
+
+    def check_undo_of_past_run(self, past: PastRun, items: list[tuple[Any, list[str]]]) -> list[tuple[Any, list[str]]]:
+        """``rollback``: the rotation must be recorded complete.  ``recover``: converge a killed rotation first."""
+        from technician_ops.steps.vault import controller
+
+        keep = []
+        for ps, hosts in items:
+            if past.action == "rollback":
+                controller.check_past_rollback(ps.name, past.state_dir, past.run_id)
+                keep.append((ps, hosts))
+                continue
+            decision = controller.converge(ps.name, past.state_dir, past.run_id)
+            past.decisions.append(decision)
+            if decision.undo:
+                keep.append((ps, hosts))
+        return keep
 
     def parse(self, body: str, lang: str, project_root: Path) -> Any:
         return parse_spec(body)

@@ -14,8 +14,10 @@ import yaml
 
 from technician_ops import steps as kinds
 from technician_ops.runbook import yamlio
+from technician_ops.runbook.cron import cron_problem
 from technician_ops.runbook.attrs import AttrError, parse_attrs, split_info
-from technician_ops.errors import Diagnostic, NotFound, RunbookError
+from technician_ops.errors import Diagnostic, NotFound, RunbookError, TechnicianOpsError
+from technician_ops.project import Project
 from technician_ops.runbook.fences import fences
 from technician_ops.runbook.model import Param, Runbook, Step
 from technician_ops.runbook.params import TYPES, coerce, parse_duration
@@ -31,9 +33,6 @@ COMMON_ATTRS = {
     "continue_on_error", "max_fail_percentage", "become", "become_user", "rollback", "facts",
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
-_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_CRON_ALIASES = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight", "@reboot"}
 
 
 class _Collector:
@@ -50,6 +49,23 @@ class _Collector:
     @property
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.items if d.severity == "error"]
+
+
+def load(name_or_path: str, project: Project, *, strict: bool = False) -> Runbook:
+    """A runbook by name or path, parsed and validated."""
+    return load_runbook(find_runbook(name_or_path, project.root), project.root, strict=strict)
+
+
+def list_runbooks(project: Project) -> list[tuple[Path, str, str]]:
+    """(path, name, summary) of every runbook; unreadable ones say why."""
+    out = []
+    for path in sorted(project.runbooks_dir.glob("*.md")):
+        try:
+            rb = load_runbook(path, project.root)
+            out.append((path, rb.name, rb.summary))
+        except TechnicianOpsError as exc:
+            out.append((path, path.stem, f"INVALID: {exc.message.splitlines()[0]}"))
+    return out
 
 
 def find_runbook(name_or_path: str, project_root: Path) -> Path:
@@ -352,21 +368,3 @@ def _check_attr_values(attrs: dict[str, str], line: int, known: set[str], out: _
             return
         for name in sorted(jmeta.find_undeclared_variables(ast) - known):
             out.error(line, f"attribute hosts uses undefined name {name!r} (declare it under params)")
-
-
-def cron_problem(expr: str) -> str | None:
-    """None if ``expr`` is a valid 5-field cron expression (or @alias)."""
-    expr = expr.strip()
-    if expr in _CRON_ALIASES:
-        return None
-    fields = expr.split()
-    if len(fields) != 5:
-        return f"expected 5 fields (minute hour day month weekday), got {len(fields)}"
-    names = ("minute", "hour", "day of month", "month", "day of week")
-    for field, (lo, hi), label in zip(fields, _CRON_RANGES, names):
-        if not _CRON_FIELD.match(field):
-            return f"bad {label} field {field!r}"
-        for number in re.findall(r"\d+", re.sub(r"/\d+", "", field)):
-            if not lo <= int(number) <= hi:
-                return f"{label} {number} out of range {lo}-{hi}"
-    return None

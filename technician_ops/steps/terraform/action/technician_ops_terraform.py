@@ -12,16 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ansible.plugins.action import ActionBase
+from technician_ops.steps.action import ControllerAction
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from technician_ops.steps.terraform import controller as terraform_steps
-        from technician_ops.engine.control import NOT_UNDER_RUN, call, run_context
+        from technician_ops.steps.action import NOT_UNDER_RUN, call, run_context
         from technician_ops.errors import TechnicianOpsError
         from technician_ops.steps.terraform.client import TerraformLocked
 
@@ -42,9 +40,8 @@ class ActionModule(ActionBase):
         check = bool(task_vars.get("ansible_check_mode")) or bool(task_vars.get("technician_ops_check"))
 
         def emit(data: dict[str, Any]) -> None:
-            reply = call("emit", kind="artifact", data=data)
-            if not reply.get("ok"):
-                raise RuntimeError(f"could not record the terraform artifact: {reply.get('error')}")
+
+            self.emit(data, RuntimeError)
 
         try:
             if args.get("undo"):

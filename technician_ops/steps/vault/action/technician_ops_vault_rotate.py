@@ -16,16 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ansible.plugins.action import ActionBase
+from technician_ops.steps.action import ControllerAction
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from technician_ops.steps.vault import controller as vault_step
-        from technician_ops.engine.control import call
 
         result = super().run(tmp, task_vars)
         args = self._task.args
@@ -33,9 +30,8 @@ class ActionModule(ActionBase):
         secret = str(args.get("secret", ""))
 
         def emit(data: dict[str, Any]) -> None:
-            reply = call("emit", kind="artifact", data=data)
-            if not reply.get("ok"):
-                raise vault_step.VaultStepError(f"technician-ops refused the record: {reply.get('error')}")
+
+            self.emit(data, vault_step.VaultStepError)
 
         try:
             generator = vault_step.Generator.from_args(args)

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ansible.plugins.action import ActionBase
+from technician_ops.steps.action import ControllerAction
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         from technician_ops.steps.backup import controller as backup_steps
         from technician_ops.steps.backup.store import BackupCorrupted, interpret_remote_result
-        from technician_ops.engine.control import NOT_UNDER_RUN, call, run_context
+        from technician_ops.steps.action import NOT_UNDER_RUN, call, run_context
         from technician_ops.errors import TechnicianOpsError
 
         result: dict[str, Any] = super().run(tmp, task_vars)

@@ -1,0 +1,88 @@
+"""What our Ansible plugins may ask the engine over the control channel: approve, secret, emit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from technician_ops.engine.request import Prompt
+from technician_ops.errors import ApprovalMissing, ParameterError
+from technician_ops.events import Bus, Kind
+from technician_ops.plan.compiler import Plan
+
+
+class Approvals:
+    """``approve`` steps: answered by ``--approve STEP``, ``--yes`` or the operator at a terminal."""
+
+    def __init__(self, plan: Plan, approve: tuple[str, ...], yes: bool, prompt: Prompt | None, bus: Bus) -> None:
+        self.plan, self.approve, self.yes, self.prompt, self.bus = plan, approve, yes, prompt, bus
+        self.given: dict[str, str] = {}
+
+    def precheck(self) -> None:
+        """Fail before anything runs when an approval cannot be had."""
+        unknown = [a for a in self.approve if a not in {s.name for s in self.plan.steps}]
+        if unknown:
+            raise ParameterError(f"--approve names no step: {', '.join(unknown)}")
+        if self.plan.check:
+            return
+        missing = [ps.name for ps in self.plan.steps if ps.kind.asks_operator and not self._pre(ps.name)]
+        if missing and self.prompt is None:
+            raise ApprovalMissing(
+                f"step(s) {', '.join(missing)} need approval and there is no terminal to ask",
+                hint="pass --yes, or --approve " + " --approve ".join(missing),
+            )
+
+    def _pre(self, step: str) -> str | None:
+        if step in self.approve:
+            return "--approve"
+        if self.yes:
+            return "--yes"
+        return None
+
+    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        step = request.get("step", "")
+        by = self._pre(step)
+        approved = by is not None
+        if not approved and self.prompt is not None:
+            ps = next((p for p in self.plan.steps if p.name == step), None)
+            approved = bool(self.prompt(step, ps.step.spec if ps else ""))
+            by = "terminal"
+        self.bus.emit(Kind.APPROVAL, step=step, approved=approved, by=by or "none", user=user())
+        if approved:
+            self.given[step] = by or ""
+        return {"ok": True, "approved": approved, "by": by}
+
+
+class Emitter:
+    """Lets our action plugins add events (artifacts: backups, secret versions, plans) to the stream."""
+
+    ALLOWED = {"artifact": Kind.ARTIFACT, "notice": Kind.NOTICE}
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        kind = self.ALLOWED.get(str(request.get("kind")))
+        data = request.get("data")
+        if kind is None or not isinstance(data, dict):
+            return {"ok": False, "error": "emit takes kind artifact|notice and a data object"}
+        self.bus.emit(kind, **data)
+        return {"ok": True}
+
+
+class Secrets:
+    """A secret's value, to our lookup plugin, at the moment a task uses it."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.values = {name: plan.params[name] for name in plan.secret_names if plan.params.get(name) is not None}
+
+    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = request.get("name")
+        if name not in self.values:
+            return {"ok": False, "error": "no value was given for this secret"}
+        return {"ok": True, "value": str(self.values[name])}
+
+
+def user() -> str:
+    from technician_ops.engine.origin import operator
+
+    return str(operator()["user"])

@@ -1,0 +1,123 @@
+"""A forward run: parse -> validate -> plan -> preflight -> execute -> (rollback) -> record.
+
+Everything that can refuse without running (parameters, approvals, secrets,
+the kinds' ``before_run`` checks) happens here, before the session takes the
+lock; the session does the rest, with ``_execute`` as its body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from functools import partial
+from typing import Any
+
+from technician_ops import steps as kinds
+from technician_ops.engine import saga
+from technician_ops.engine.handlers import Approvals
+from technician_ops.engine.request import Cancelled, RunRequest, RunResult
+from technician_ops.engine.session import Context, Session, Verdict, Work, check_targets, header, target_hosts
+from technician_ops.events import Bus, Kind
+from technician_ops.outcomes import Outcome
+from technician_ops.plan.compiler import Plan, bind_plan
+from technician_ops.project import Project
+from technician_ops.plan.loader import load
+from technician_ops.state import StepStatus
+
+
+def run(request: RunRequest, project: Project, bus: Bus, audit: Any, cancelled: Cancelled | None = None) -> RunResult:
+    started = time.monotonic()
+    runbook = load(request.runbook, project, strict=request.strict)
+    if request.run_id is None:
+        from technician_ops.audit import new_run_id
+
+        request = dataclasses.replace(request, run_id=new_run_id())
+    assert request.run_id is not None
+    head = header(runbook, request.run_id, environ=request.environ, interactive=request.prompt is not None,
+                  check=request.check)
+    session = Session(project, bus, audit, cancelled)
+    with session.refusing(head):  # bad parameters, approval missing, Vault refuses: nothing ran
+        plan = bind_plan(runbook, project, request.params, check=request.check, environ=request.environ,
+                         run_id=request.run_id)
+        head["params"] = redacted_params(plan)
+        approvals = Approvals(plan, request.approve, request.yes, request.prompt, bus)
+        approvals.precheck()
+        plan = resolve_secrets(plan, request.environ)
+        for kind, steps in kinds_of(plan).items():
+            kind.before_run(steps, check=plan.check)
+    work = Work(plan, head, body=_execute, targets=partial(target_hosts, plan), started=started,
+                lock_wait=request.wait_lock, skip_preflight=request.skip_preflight, accelerate=request.accelerate,
+                environ=request.environ, handlers={"approve": approvals},
+                notices=[str(w) for w in runbook.warnings], check_inventory=partial(check_targets, plan),
+                after_run=True)
+    return session.run(work)
+
+
+def _execute(ctx: Context) -> Verdict:
+    """The body of a forward run: one execution, and the saga when a step failed."""
+    from technician_ops.engine.executor import StepTracker, execute
+
+    plan = ctx.plan
+    tracker = StepTracker(ctx.bus, {ps.name: ps.name for ps in plan.steps}, "run", ctx.redactor,
+                          {ps.name: ps.kind.name for ps in plan.steps}, {ps.name: ps.hosts for ps in plan.steps})
+    outcome, failed_step = Outcome.SUCCEEDED, None
+    rollback: dict[str, Any] = {}
+    try:
+        result = execute(ctx.pdd, ctx.files["playbook"], ctx.inventories, tracker, ident="run", check=plan.check,
+                         envvars=ctx.env, timeout=plan.runbook.timeout, cancel=ctx.cancelled)
+        interrupted = bool(ctx.cancelled and ctx.cancelled())
+        failed = next((n for n in tracker.order if tracker.steps[n].status is StepStatus.FAILED), None)
+        if result.rc != 0 and failed is None and not interrupted:
+            failed = _unstarted_failure(ctx, tracker, result)
+        if interrupted:
+            outcome = Outcome.INTERRUPTED
+        elif failed is not None or result.rc != 0:
+            failed_step = failed
+            outcome, rollback = saga.roll_back(ctx, tracker, failed)
+    except KeyboardInterrupt:
+        outcome = Outcome.INTERRUPTED
+    failed_hosts = tracker.steps[failed_step].failed_hosts if failed_step in tracker.steps else []
+    return Verdict(outcome, failed_step, failed_hosts, {n: tracker.steps[n].status.value for n in tracker.order}, rollback)
+
+
+def _unstarted_failure(ctx: Context, tracker: Any, result: Any) -> str | None:
+    """ansible failed outside any step (bad playbook, no hosts): say why."""
+    stdout = result.artifact_dir / "stdout"
+    tail = ""
+    try:
+        tail = "\n".join(stdout.read_text(errors="replace").strip().splitlines()[-8:])
+    except OSError:
+        pass
+    ctx.bus.emit(Kind.NOTICE, level="error",
+                 message=ctx.redactor.text(f"ansible-playbook exited {result.rc} ({result.status}): {tail}"))
+    return tracker.order[-1] if tracker.order else None
+
+
+def kinds_of(plan: Plan) -> dict[Any, list[Any]]:
+    """Each step kind the plan uses, with its steps, in order of first use."""
+    out: dict[Any, list[Any]] = {}
+    for ps in plan.steps:
+        out.setdefault(ps.kind, []).append(ps.step)
+    return out
+
+
+def resolve_secrets(plan: Plan, environ: dict[str, str] | None) -> Plan:
+    """Front matter ``secrets: {name: "SCHEME:..."}``, read before anything runs by the kind owning SCHEME.
+
+    Values live only in this process (the plan's params); a store that is down
+    or a missing permission fails the run here, before any host is touched.
+    """
+    declared = plan.runbook.meta.get("secrets")
+    if not isinstance(declared, dict):
+        return plan
+    values: dict[str, Any] = {}
+    for kind in kinds.registry().values():
+        if kind.secret_scheme:
+            refs = {name: str(ref) for name, ref in declared.items() if str(ref).startswith(kind.secret_scheme + ":")}
+            if refs:
+                values.update(kind.resolve_secrets(refs, environ))
+    return dataclasses.replace(plan, params={**plan.params, **values}) if values else plan
+
+
+def redacted_params(plan: Plan) -> dict[str, Any]:
+    return {k: ("********" if k in plan.secret_names and v is not None else v) for k, v in plan.params.items()}

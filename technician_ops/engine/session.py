@@ -1,0 +1,258 @@
+"""One run's lifecycle, shared by ``run``, ``rollback RUN_ID`` and ``recover RUN_ID``.
+
+    header -> lock -> inventory, preflight, private data dir, plan files
+           -> record { RUN_START -> control server -> body -> scrub -> RUN_END } -> unlock
+
+What differs between those commands is only the *body* (what executes inside
+the record) and how its plan was built; everything around it is here, once:
+a refusal before anything ran is still one record, a held lock is a
+``skipped`` record, a crash of ours or Ctrl-C twice finishes the record as
+``interrupted``, and the run's files are scrubbed of secret values on every
+path out.  Step kinds are reached only through their hooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from technician_ops.engine.control import ENV_RUN_ID, ENV_STATE_DIR, ControlServer, Handler
+from technician_ops.engine.handlers import Emitter, Secrets
+from technician_ops.engine.redact import Redactor
+from technician_ops.engine.request import EXIT_FOR_OUTCOME, Cancelled, RunResult, utc_now
+from technician_ops.errors import ConfigError, TechnicianOpsError
+from technician_ops.events import Bus, Kind
+from technician_ops.outcomes import Outcome
+from technician_ops.plan.compiler import Plan, default_forks
+from technician_ops.plan.files import write_plan
+from technician_ops.project import Project, ensure_private_dir
+from technician_ops.runbook.model import Runbook
+
+# Header fields a RUN_START event carries (``action``/``rollback_of`` only for undo runs).
+_RUN_START = ("run_id", "runbook", "path", "check", "params", "operator", "origin", "started_at", "action",
+              "rollback_of")
+
+
+@dataclass
+class Context:
+    """What a body sees while it runs: the files, the environment for Ansible, the stream."""
+
+    project: Project
+    run_id: str  # this run's own id (an undo run's plan keeps the original run's)
+    plan: Plan
+    pdd: Path  # ansible-runner's private data dir
+    files: dict[str, Path]
+    inventories: list[Path]
+    env: dict[str, str]  # for the Ansible process: control channel, run id, state dir
+    bus: Bus
+    redactor: Redactor
+    cancelled: Cancelled | None
+
+
+@dataclass
+class Verdict:
+    """How a body ended."""
+
+    outcome: Outcome
+    failed_step: str | None = None
+    failed_hosts: list[str] = field(default_factory=list)
+    steps: dict[str, str] = field(default_factory=dict)
+    rollback: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Work:
+    """What one session executes; ``engine.run`` and ``engine.past_runs`` build it."""
+
+    plan: Plan
+    header: dict[str, Any]
+    body: Callable[[Context], Verdict]
+    targets: Callable[[Any], list[str]]  # inventory -> the hosts to preflight and size forks for
+    started: float = field(default_factory=time.monotonic)
+    lock_wait: float = 0.0
+    skip_preflight: bool = False
+    accelerate: bool | None = False
+    environ: dict[str, str] | None = None
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    check_inventory: Callable[[Any], None] | None = None
+    after_run: bool = False  # call the kinds' after_run hooks (a forward run)
+
+
+def header(runbook: Runbook, run_id: str, *, environ: dict[str, str] | None, interactive: bool, check: bool,
+           params: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """The record's header: who runs what, from where, when."""
+    from technician_ops.engine.origin import git_info, operator, origin
+
+    return {"run_id": run_id, "runbook": runbook.name, "path": str(runbook.path), "runbook_sha256": runbook.sha256,
+            "git": git_info(runbook.path), "operator": operator(), "origin": origin(environ, interactive=interactive),
+            "check": check, "started_at": utc_now(), "params": dict(params or {}), **extra}
+
+
+class Session:
+    """Runs ``Work`` inside the lifecycle; one per run."""
+
+    def __init__(self, project: Project, bus: Bus, audit: Any, cancelled: Cancelled | None = None) -> None:
+        self.project, self.bus, self.audit, self.cancelled = project, bus, audit, cancelled
+
+    @contextmanager
+    def refusing(self, head: dict[str, Any], why: str = "refused") -> Iterator[None]:
+        """A ``TechnicianOpsError`` raised inside leaves a ``refused`` record: nothing ran."""
+        try:
+            yield
+        except TechnicianOpsError as exc:
+            if self.audit is not None:
+                self.audit.record_skipped(head, f"{why}: {exc.message}", outcome="refused")
+            raise
+
+    def run(self, work: Work) -> RunResult:
+        from technician_ops.engine.lock import RunLock
+
+        lock = RunLock(self.project.state_dir / "locks", work.plan.runbook.lock)
+        try:
+            lock.acquire(work.lock_wait)
+        except TechnicianOpsError as exc:
+            if self.audit is not None:
+                self.audit.record_skipped(work.header, f"locked: {exc.message}", outcome="skipped")
+            raise
+        try:
+            return self._locked(work)
+        finally:
+            lock.release()
+
+    def _locked(self, work: Work) -> RunResult:
+        plan, project = work.plan, self.project
+        redactor = Redactor([str(v) for k, v in plan.params.items() if k in plan.secret_names and v is not None])
+        self.bus.redactor = redactor
+        notices = list(work.notices)
+        with self.refusing(work.header, "refused before any change"):
+            inventory = load_inventory(project)
+            if work.check_inventory is not None:
+                work.check_inventory(inventory)
+            targets = work.targets(inventory) if inventory is not None else []
+            if not work.skip_preflight and inventory is not None:
+                preflight(targets, inventory)
+            pdd = ensure_private_dir(ensure_private_dir(ensure_private_dir(project.state_dir) / "runs") / work.header["run_id"])
+            strategy_dir, not_accelerated = acceleration(work.accelerate, work.environ)
+            notices += [not_accelerated] if not_accelerated else []
+            plan = sized(plan, project, inventory, targets, accelerated=strategy_dir is not None)
+            files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [],
+                               accelerate=strategy_dir)
+            if inventory is not None:
+                inventory.save()
+        work.header["artifact_dir"] = str(pdd)
+        from technician_ops.audit.sink import RunRecording
+
+        # Leaving this block without record.finish() (a crash of ours, Ctrl-C twice)
+        # finishes the record as "interrupted": it must not stay "running".
+        with RunRecording(self.audit, work.header, self.bus) as record:
+            self.bus.emit(Kind.RUN_START, **{k: work.header[k] for k in _RUN_START if k in work.header})
+            for notice in notices:
+                self.bus.emit(Kind.NOTICE, level="warning", message=notice)
+            verdict = Verdict(Outcome.SUCCEEDED)
+            try:
+                handlers: dict[str, Handler] = {"secret": Secrets(plan), "emit": Emitter(self.bus), **work.handlers}
+                with ControlServer(handlers) as control:
+                    env = {**control.env, ENV_RUN_ID: plan.run_id, ENV_STATE_DIR: str(project.state_dir),
+                           "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}
+                    ctx = Context(project, work.header["run_id"], plan, pdd, files, [*project.inventory, files["inventory"]], env, self.bus,
+                                  redactor, self.cancelled)
+                    verdict = work.body(ctx)
+            except KeyboardInterrupt:
+                verdict = Verdict(Outcome.INTERRUPTED)
+            finally:
+                redactor.scrub_tree(pdd)
+            if work.after_run and verdict.outcome in (Outcome.SUCCEEDED, Outcome.ROLLED_BACK, Outcome.FAILED) \
+                    and not plan.check:  # never when a human is needed: keep every backup
+                for kind in {ps.kind.name: ps.kind for ps in plan.steps}.values():
+                    for warning in kind.after_run(plan.runbook, project.state_dir, project.keep_backups):
+                        self.bus.emit(Kind.NOTICE, level="warning", message=warning)
+            exit_code = EXIT_FOR_OUTCOME[verdict.outcome]
+            duration = time.monotonic() - work.started
+            self.bus.emit(Kind.RUN_END, run_id=work.header["run_id"], outcome=verdict.outcome.value,
+                          exit_code=int(exit_code), ended_at=utc_now(), duration=round(duration, 3),
+                          failed_step=verdict.failed_step, failed_hosts=verdict.failed_hosts)
+            record.finish(verdict.outcome.value)
+        return RunResult(work.header["run_id"], verdict.outcome, exit_code, verdict.failed_step, verdict.steps,
+                         verdict.rollback, pdd / "artifacts", duration)
+
+
+# -- the inventory side of a session ------------------------------------------------------
+
+
+def load_inventory(project: Project) -> Any:
+    """The project's ``inventory.Inventory`` (None without one), answering from the state dir's cache when unchanged."""
+    if not project.inventory:
+        return None
+    from technician_ops.engine import inventory
+
+    return inventory.load(project.inventory, project.state_dir / "cache")
+
+
+def target_hosts(plan: Plan, inventory: Any) -> list[str]:
+    """The inventory hosts the plan's steps run on, in step order (controller steps and playbooks aside)."""
+    names: dict[str, None] = {}
+    for ps in plan.steps:
+        if not ps.kind.controller and not ps.kind.own_hosts:
+            names.update(dict.fromkeys(inventory.hosts(ps.hosts)))
+    return list(names)
+
+
+def check_targets(plan: Plan, inventory: Any) -> None:
+    """Host parameters name inventory hosts, and every step's hosts match some."""
+    from technician_ops.errors import ParameterError
+
+    if inventory is None:
+        if any(not ps.kind.controller for ps in plan.steps):
+            raise ConfigError("no inventory: the project has no inventory/ directory", hint="pass --inventory PATH")
+        return
+    known = set(inventory.all_hosts())
+    for name, param in plan.runbook.params.items():
+        value = plan.params.get(name)
+        if param.type == "host" and value is not None and value not in known:
+            raise ParameterError(f"parameter {name!r}: host {value!r} is not in the inventory ({', '.join(sorted(known)) or 'empty'})")
+    for ps in plan.steps:
+        if ps.kind.controller or ps.kind.own_hosts:
+            continue
+        if not inventory.hosts(ps.hosts):
+            raise ParameterError(f"{plan.runbook.path}:{ps.step.line}: step {ps.name!r}: hosts {ps.hosts!r} match no host in the inventory")
+
+
+def sized(plan: Plan, project: Project, inventory: Any, targets: list[str], *, accelerated: bool = False) -> Plan:
+    """``plan`` with forks sized for ``targets`` (``compiler.default_forks``), unless the project sets forks."""
+    if project.forks or inventory is None:
+        return plan
+    remote = accelerated or any(inventory.may_use_ssh(h) for h in targets)
+    return dataclasses.replace(plan, forks=default_forks(len(targets), remote=remote))
+
+
+def preflight(targets: list[str], inventory: Any) -> None:
+    """Every SSH target answers and authenticates before anything changes."""
+    names = [h for h in targets if inventory.may_use_ssh(h)]
+    if names:
+        from technician_ops.engine import preflight as checks
+
+        specs = checks.specs(inventory, ":".join(names))
+        if specs:
+            checks.ensure_reachable(specs)
+
+
+def acceleration(wanted: bool | None, environ: dict[str, str] | None) -> tuple[Path | None, str | None]:
+    """(mitogen's strategy dir, None) when ``--accelerate`` asks for it and mitogen can drive this
+    Ansible; (None, the one-line notice) when it cannot; (None, None) when not asked."""
+    if wanted is False:
+        return None, None
+    from technician_ops.engine import accelerate
+
+    if not accelerate.wanted(wanted, environ if environ is not None else dict(os.environ)):
+        return None, None
+    found = accelerate.check()
+    if not found.usable:
+        return None, f"--accelerate: {found.reason}; running with the linear strategy"
+    return found.strategy_plugins, None

@@ -1,0 +1,140 @@
+"""The state of a step, per host: one model for the live run and the record.
+
+The engine's ``StepTracker`` builds it from ansible-runner's events while a
+run goes; the audit fold rebuilds it from the tool's own ``host_result`` and
+``step_end`` events; the saga (a failing run's rollback, ``rollback RUN_ID``,
+``recover RUN_ID``) reads it to decide what to undo.  Keeping the merge rules
+here means the record always says what the engine saw.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StepStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class HostStatus(str, enum.Enum):
+    OK = "ok"
+    CHANGED = "changed"
+    FAILED = "failed"
+    UNREACHABLE = "unreachable"
+    SKIPPED = "skipped"
+
+
+# A host's status over several tasks is the worst one seen.
+_RANK = {HostStatus.SKIPPED: 0, HostStatus.OK: 1, HostStatus.CHANGED: 2, HostStatus.FAILED: 3,
+         HostStatus.UNREACHABLE: 4}
+DONE = frozenset({HostStatus.OK, HostStatus.CHANGED})
+BROKEN = frozenset({HostStatus.FAILED, HostStatus.UNREACHABLE})
+
+
+@dataclass
+class HostState:
+    """One host's part of one step."""
+
+    status: HostStatus = HostStatus.SKIPPED
+    changed: bool = False
+    duration: float | None = None
+    error: str | None = None
+    ignored_errors: int = 0
+
+    def merge(self, status: HostStatus, *, changed: bool = False, duration: float = 0.0, error: str | None = None,
+              ignored: bool = False) -> None:
+        """Add one task result: the worst status wins, ``changed`` sticks, durations add up."""
+        self.duration = (self.duration or 0.0) + duration
+        if ignored:  # ignore_errors / a rescued failure: counted, not the host's status
+            self.ignored_errors += 1
+            self.error = self.error or error
+            return
+        if changed or status is HostStatus.CHANGED:
+            self.changed = True
+        if _RANK[status] > _RANK[self.status]:
+            self.status = status
+        if status in BROKEN and self.error is None:
+            self.error = error
+
+    def to_record(self) -> dict[str, Any]:
+        return {"status": self.status.value, "changed": self.changed, "duration": self.duration, "error": self.error}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> HostState:
+        return cls(host_status(data.get("status")), bool(data.get("changed", False)), data.get("duration"),
+                   data.get("error"))
+
+
+@dataclass
+class StepState:
+    """One step (or one undo) of one execution: its status and every host's."""
+
+    name: str
+    kind: str | None = None
+    targets: str | None = None
+    phase: str = "run"
+    status: StepStatus = StepStatus.RUNNING
+    order: int = 0
+    hosts: dict[str, HostState] = field(default_factory=dict)
+    duration: float | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+
+    def host(self, name: str) -> HostState:
+        state = self.hosts.get(name)
+        if state is None:
+            state = self.hosts[name] = HostState()
+        return state
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return [h for h, a in self.hosts.items() if a.status in BROKEN]
+
+    @property
+    def done_hosts(self) -> list[str]:
+        """Hosts where every task came back ok or changed."""
+        return [h for h, a in self.hosts.items() if a.status in DONE]
+
+    @property
+    def changed(self) -> bool:
+        return any(a.changed for a in self.hosts.values())
+
+    def close(self, *, aborted: bool = False) -> None:
+        """The step's own status from its hosts'; an undo with a rescued failure failed too."""
+        failed = bool(self.failed_hosts) or aborted
+        if self.phase == "rollback" and any(a.ignored_errors for a in self.hosts.values()):
+            failed = True
+        self.status = StepStatus.FAILED if failed else StepStatus.SUCCEEDED
+
+    def to_record(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "targets": self.targets, "phase": self.phase,
+                "status": self.status.value, "order": self.order, "started_at": self.started_at,
+                "ended_at": self.ended_at, "duration": self.duration,
+                "hosts": {h: a.to_record() for h, a in self.hosts.items()}}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> StepState:
+        return cls(str(data.get("name")), data.get("kind"), data.get("targets"), data.get("phase") or "run",
+                   step_status(data.get("status")), int(data.get("order") or 0),
+                   {str(h): HostState.from_record(a) for h, a in (data.get("hosts") or {}).items()},
+                   data.get("duration"), data.get("started_at"), data.get("ended_at"))
+
+
+def host_status(value: Any) -> HostStatus:
+    try:
+        return HostStatus(value)
+    except ValueError:
+        return HostStatus.SKIPPED
+
+
+def step_status(value: Any) -> StepStatus:
+    try:
+        return StepStatus(value)
+    except ValueError:
+        return StepStatus.RUNNING
