@@ -1,1 +1,1 @@
-"""contrib"""
+"""Helpers of bundled runbooks that are not step kinds (db-failover's controller logic)."""

@@ -47,7 +47,7 @@ def run(request: RunRequest, project: Project, bus: Bus, audit: Any, cancelled: 
             kind.before_run(steps, check=plan.check)
     work = Work(plan, head, body=_execute, targets=partial(target_hosts, plan), started=started,
                 lock_wait=request.wait_lock, skip_preflight=request.skip_preflight, accelerate=request.accelerate,
-                environ=request.environ, handlers={"approve": approvals},
+                environ=request.environ, handlers={"ask": approvals},
                 notices=[str(w) for w in runbook.warnings], check_inventory=partial(check_targets, plan),
                 after_run=True)
     return session.run(work)

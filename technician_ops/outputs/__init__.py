@@ -1,1 +1,1 @@
-"""outputs"""
+"""Sinks of a run's event bus and renderers: terminal, JSON, JUnit, metrics, notify, records, schedule exports."""

@@ -1,1 +1,1 @@
-"""plan"""
+"""From a runbook file to a frozen Plan: load (parse + validate against the kinds), compile, write the files Ansible reads."""

@@ -1,1 +1,1 @@
-"""runbook"""
+"""The runbook format: model, fences, attribute blocks, parameters, YAML, cron grammar.  Imports nothing of the engine."""

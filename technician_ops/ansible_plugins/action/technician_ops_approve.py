@@ -12,7 +12,7 @@ class ActionModule(ControllerAction):
 
         result = super().run(tmp, task_vars)
         step = self._task.args.get("step", "")
-        reply = call("approve", step=step)
+        reply = call("ask", step=step)
         if reply.get("ok") and reply.get("approved"):
             result.update(changed=False, msg=f"approved by {reply.get('by', 'operator')}")
         else:

@@ -1,1 +1,1 @@
-"""steps/backup"""
+"""The ``backup`` step kind: files or a PostgreSQL database, restored exactly as its undo."""

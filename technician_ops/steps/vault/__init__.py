@@ -1,1 +1,1 @@
-"""steps/vault"""
+"""The ``vault`` step kind: rotate a secret in Vault/OpenBao, apply and verify it, restore the old version as its undo."""
