@@ -141,8 +141,8 @@ def _prepare(action: str, project: Project, record: dict[str, Any], audit: Any) 
     by_kind: dict[Any, saga.Completed] = {}
     for item in completed:
         by_kind.setdefault(item[0].kind, []).append(item)
-    kept = {id(item) for kind, items in by_kind.items() for item in kind.check_undo_of_past_run(past, items)}
-    completed = [item for item in completed if id(item) in kept]
+    kept = {ps.name: (ps, hosts) for kind, items in by_kind.items() for ps, hosts in kind.check_undo_of_past_run(past, items)}
+    completed = [kept[ps.name] for ps, _ in completed if ps.name in kept]  # run order, the hosts the kinds kept
     if not completed and not any(d.changes_state for d in past.decisions):
         raise PastRunError(f"run {run_id} completed no step that changed something: nothing to undo")
     return past, plan, completed, notices

@@ -37,7 +37,7 @@ from typing import Any
 from technician_ops.runbook.model import Runbook, Step
 from technician_ops.steps.base import BodyError, CompileContext, PastRun, StepKind, load_yaml_body
 
-REMOTE_SCRIPT = Path(__file__).resolve().parent.parent / "data" / "remote_backup.py"
+REMOTE_SCRIPT = Path(__file__).resolve().parent / "remote_backup.py"
 _PG_KEYS = {"database", "host", "port", "user"}
 # Registered variables of the generated tasks; prefixed so they never meet a runbook's own.
 _TMP = "technician_ops_backup_tmp"
