@@ -72,6 +72,7 @@ class HostResult(TypedDict):
     host: str
     status: str  # HostStatus
     changed: bool
+    changed_unknown: bool  # a result hid whether it changed anything (no_log), or the host was stopped mid-task
     duration: float
     error: str | None
     phase: str

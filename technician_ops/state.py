@@ -28,13 +28,14 @@ class HostStatus(str, enum.Enum):
     FAILED = "failed"
     UNREACHABLE = "unreachable"
     SKIPPED = "skipped"
+    UNKNOWN = "unknown"  # a task was in flight when the execution was stopped: it may have done anything
 
 
 # A host's status over several tasks is the worst one seen.
-_RANK = {HostStatus.SKIPPED: 0, HostStatus.OK: 1, HostStatus.CHANGED: 2, HostStatus.FAILED: 3,
-         HostStatus.UNREACHABLE: 4}
+_RANK = {HostStatus.SKIPPED: 0, HostStatus.OK: 1, HostStatus.CHANGED: 2, HostStatus.UNKNOWN: 3,
+         HostStatus.FAILED: 4, HostStatus.UNREACHABLE: 5}
 DONE = frozenset({HostStatus.OK, HostStatus.CHANGED})
-BROKEN = frozenset({HostStatus.FAILED, HostStatus.UNREACHABLE})
+BROKEN = frozenset({HostStatus.FAILED, HostStatus.UNREACHABLE, HostStatus.UNKNOWN})
 
 
 @dataclass
@@ -46,11 +47,22 @@ class HostState:
     duration: float | None = None
     error: str | None = None
     ignored_errors: int = 0
+    changed_unknown: bool = False  # a result hid whether it changed anything (no_log), or none came (stopped)
 
-    def merge(self, status: HostStatus, *, changed: bool = False, duration: float = 0.0, error: str | None = None,
-              ignored: bool = False) -> None:
-        """Add one task result: the worst status wins, ``changed`` sticks, durations add up."""
+    @property
+    def may_have_changed(self) -> bool:
+        """Whether an undo must run here: a task changed something, or nobody can tell."""
+        return self.changed or self.changed_unknown or self.status is HostStatus.UNKNOWN
+
+    def merge(self, status: HostStatus, *, changed: bool | None = False, duration: float = 0.0,
+              error: str | None = None, ignored: bool = False) -> None:
+        """Add one task result: the worst status wins, ``changed`` sticks, durations add up.
+
+        ``changed=None``: the result does not say (a no_log result that hides it).
+        """
         self.duration = (self.duration or 0.0) + duration
+        if changed is None:
+            self.changed_unknown = True
         if ignored:  # ignore_errors / a rescued failure: counted, not the host's status
             self.ignored_errors += 1
             self.error = self.error or error
@@ -63,12 +75,15 @@ class HostState:
             self.error = error
 
     def to_record(self) -> dict[str, Any]:
-        return {"status": self.status.value, "changed": self.changed, "duration": self.duration, "error": self.error}
+        out = {"status": self.status.value, "changed": self.changed, "duration": self.duration, "error": self.error}
+        if self.changed_unknown:
+            out["changed_unknown"] = True
+        return out
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> HostState:
         return cls(host_status(data.get("status")), bool(data.get("changed", False)), data.get("duration"),
-                   data.get("error"))
+                   data.get("error"), changed_unknown=bool(data.get("changed_unknown", False)))
 
 
 @dataclass
@@ -104,6 +119,11 @@ class StepState:
     @property
     def changed(self) -> bool:
         return any(a.changed for a in self.hosts.values())
+
+    @property
+    def changed_hosts(self) -> list[str]:
+        """Hosts where this step may have changed something (``HostState.may_have_changed``)."""
+        return [h for h, a in self.hosts.items() if a.may_have_changed]
 
     def close(self, *, aborted: bool = False) -> None:
         """The step's own status from its hosts'; an undo with a rescued failure failed too."""

@@ -8,7 +8,10 @@ re-reads artifacts and keeps one small record per (step, host).
 from __future__ import annotations
 
 import os
+import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from technician_ops.engine.redact import Redactor
 from technician_ops.events import Bus, Kind
 from technician_ops.state import HostStatus, StepState
 
+_SAID = re.compile(r"\s*(changed|ok): \[")
 _STATUS = {
     "runner_on_ok": HostStatus.OK,
     "runner_on_failed": HostStatus.FAILED,
@@ -41,6 +45,8 @@ class StepTracker:
         self.order: list[str] = []
         self.current: StepState | None = None
         self._started = 0.0
+        self._in_flight: set[str] = set()  # hosts of the current step with a task started and no result yet
+        self.tempfail = False  # a task failed because a dependency was down (retry later)
         self.finished_cleanly = False
 
     # ansible-runner calls this for every event; returning True keeps it on disk.
@@ -63,26 +69,39 @@ class StepTracker:
             if task and task != self.current.name and not task.startswith("undo failed"):
                 self.bus.emit(Kind.TASK_START, step=self.current.name, task=self.redactor.text(task), phase=self.phase)
         elif etype.startswith("runner_on_") and self.current is not None and "host" in data:
-            self._host_event(etype, data)
+            self._host_event(etype, data, event.get("stdout"))
         elif etype == "playbook_on_stats":
             self.finished_cleanly = True
             self._close()
         return True
 
-    def _host_event(self, etype: str, data: dict[str, Any]) -> None:
+    def _host_event(self, etype: str, data: dict[str, Any], stdout: Any = None) -> None:
         assert self.current is not None
-        agg = self.current.host(data["host"])
+        host = data["host"]
+        agg = self.current.host(host)
         status = _STATUS.get(etype)
-        if status is None:  # runner_on_start and the like: the host is in the step, nothing more
+        if status is None:  # runner_on_start: a task is in flight there
+            if etype == "runner_on_start":
+                self._in_flight.add(host)
             return
+        self._in_flight.discard(host)
         res = data.get("res") or {}
         if status is HostStatus.OK and res.get("changed"):
             status = HostStatus.CHANGED
         broken = status in (HostStatus.FAILED, HostStatus.UNREACHABLE)
-        agg.merge(status,
+        if broken and res.get("technician_ops_tempfail"):
+            self.tempfail = True
+        changed: bool | None = bool(res.get("changed"))
+        if res.get("censored") and "changed" not in res:
+            # ansible-runner's event of a no_log result keeps nothing but "censored"; Ansible's own
+            # line for it still says "changed: [host]" or "ok: [host]".  Neither: nobody can tell.
+            said = _SAID.match(str(stdout or ""))
+            changed = None if said is None else said.group(1) == "changed"
+            if changed:
+                status = HostStatus.CHANGED
+        agg.merge(status, changed=changed,
                   duration=float(data.get("duration") or 0.0), error=self._error(res, data) if broken else None,
                   ignored=broken and bool(data.get("ignore_errors") or res.get("skip_reason")))
-
 
     def _error(self, res: dict[str, Any], data: dict[str, Any]) -> str:
         if res.get("censored"):
@@ -104,17 +123,21 @@ class StepTracker:
         if run is None:
             return
         self.current = None
+        for host in sorted(self._in_flight):  # stopped mid-task: nobody knows what it did there
+            run.host(host).merge(HostStatus.UNKNOWN, changed=None, error="stopped while a task was running here")
+        self._in_flight.clear()
         run.duration = time.monotonic() - self._started
         run.close(aborted=aborted)
         for host, agg in run.hosts.items():
             self.bus.emit(Kind.HOST_RESULT, step=run.name, host=host, status=agg.status.value, changed=agg.changed,
-                          duration=round(agg.duration or 0.0, 3), error=agg.error, phase=self.phase)
+                          changed_unknown=agg.changed_unknown, duration=round(agg.duration or 0.0, 3), error=agg.error,
+                          phase=self.phase)
         self.bus.emit(Kind.STEP_END, step=run.name, status=run.status.value, duration=round(run.duration, 3),
                       phase=self.phase, hosts={h: a.status.value for h, a in run.hosts.items()})
 
-    def finish(self, rc: int) -> None:
-        """After the execution returned: close a step the run died inside."""
-        self._close(aborted=rc != 0)
+    def finish(self, rc: int, *, stopped: bool = False) -> None:
+        """After the execution returned: close a step the run died (or was stopped) inside."""
+        self._close(aborted=rc != 0 or stopped)
 
 
 @dataclass
@@ -122,6 +145,10 @@ class ExecutionResult:
     rc: int
     status: str  # ansible-runner's: successful, failed, timeout, canceled
     artifact_dir: Path
+    stopped: str | None = None  # why technician-ops stopped the execution: "cancelled", "timeout"; None: it ended
+
+
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL to the execution's processes
 
 
 def execute(
@@ -135,10 +162,20 @@ def execute(
     envvars: dict[str, str],
     timeout: int | None = None,
     cancel: Callable[[], bool] | None = None,
+    lock_fd: int = -1,
+    grace: float = STOP_GRACE,
 ) -> ExecutionResult:
+    """One ansible-runner execution under ``supervise.py``; returns when every process of it is gone.
+
+    ``cancel`` (polled) or ``timeout`` (seconds) stop it: the supervisor
+    TERMs, then KILLs, the whole process group and exits once it is empty;
+    hosts with a task in flight then are ``unknown`` (``StepTracker.finish``).
+    ``lock_fd`` is held by the supervisor too, so the run's lock outlives a
+    technician-ops killed outright until the execution is gone.
+    """
     import ansible_runner
 
-    from technician_ops.engine.runner_pty import spawn_without_close_delay
+    from technician_ops.engine.runner_pty import Supervision, spawn_without_close_delay, supervise
 
     spawn_without_close_delay()
     cmdline = ["--check"] if check else []
@@ -146,31 +183,108 @@ def execute(
     env = {
         "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")]),
         "ANSIBLE_CONFIG": str(private_data_dir / "ansible.cfg"),
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         "ANSIBLE_NOCOLOR": "1",
         **envvars,
     }
-    runner = ansible_runner.run(
-        private_data_dir=str(private_data_dir),
-        playbook=str(playbook),
-        ident=ident,
-        cmdline=" ".join(_quote(c) for c in cmdline) or None,
-        inventory=[str(i) for i in inventory],
-        envvars=env,
-        event_handler=tracker.handle,
-        cancel_callback=cancel,
-        quiet=True,
-        timeout=timeout,
-        suppress_env_files=True,
-        json_mode=False,
-        # Not ansible-runner's per-run jsonfile cache (artifacts/<ident>/fact_cache,
-        # forced through the environment): the run's ansible.cfg decides, so
-        # facts are cached across runs under the state dir (compiler.ansible_cfg).
-        fact_cache_type="none",
-    )
+    supervision = Supervision(lock_fd, grace)
+    stopper = _Stopper(supervision, cancel, timeout)
+    supervise(supervision)
+    stopper.start()
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(private_data_dir),
+            playbook=str(playbook),
+            ident=ident,
+            cmdline=" ".join(_quote(c) for c in cmdline) or None,
+            inventory=[str(i) for i in inventory],
+            envvars=env,
+            event_handler=tracker.handle,
+            # Ours does the stopping (_Stopper); given none, ansible-runner would install SIGTERM/SIGINT
+            # handlers of its own and kill only its direct child.
+            cancel_callback=_never,
+            quiet=True,
+            suppress_env_files=True,
+            json_mode=False,
+            # Not ansible-runner's per-run jsonfile cache (artifacts/<ident>/fact_cache,
+            # forced through the environment): the run's ansible.cfg decides, so
+            # facts are cached across runs under the state dir (files.ansible_cfg).
+            fact_cache_type="none",
+        )
+    except BaseException:  # a second Ctrl-C, a crash of ours: stop the execution before anything else
+        stopper.stop_now("interrupted")
+        raise
+    finally:
+        supervise(None)
+        stopper.close()
     rc = runner.rc if isinstance(runner.rc, int) else 1
-    tracker.finish(rc)
-    return ExecutionResult(rc, str(runner.status), Path(runner.config.artifact_dir))
+    tracker.finish(rc, stopped=stopper.reason is not None)
+    return ExecutionResult(rc, str(runner.status), Path(runner.config.artifact_dir), stopper.reason)
+
+
+def _never() -> bool:
+    return False
+
+
+class _Stopper(threading.Thread):
+    """Watches for a cancel or the deadline and tells the supervisor to stop the execution."""
+
+    def __init__(self, supervision: Any, cancel: Callable[[], bool] | None, timeout: int | None) -> None:
+        super().__init__(name="technician-ops-stopper", daemon=True)
+        self.supervision, self.cancel = supervision, cancel
+        self.deadline = time.monotonic() + timeout if timeout else None
+        self.reason: str | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.1):
+            if self.cancel is not None and self.cancel():
+                self.stop_now("cancelled")
+            elif self.deadline is not None and time.monotonic() >= self.deadline:
+                self.stop_now("timeout")
+            if self.reason is not None:
+                self._signal()
+                if self._signalled:
+                    return
+
+    def stop_now(self, reason: str) -> None:
+        """SIGTERM to the supervisor (once); it stops the group and exits, which ends ansible-runner's read."""
+        if self.reason is None:
+            self.reason = reason
+        self._signal()
+
+    _signalled = False
+
+    def _signal(self) -> None:
+        pid = self.supervision.pid
+        if pid is None or self._signalled:  # not started yet: the loop signals it once it is
+            return
+        self._signalled = True
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        """The execution returned; if it is stopping, wait until the supervisor itself is gone."""
+        self._done.set()
+        pid = self.supervision.pid
+        if self.reason is not None and pid is not None:
+            deadline = time.monotonic() + self.supervision.grace + 10
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
 
 
 def _quote(value: str) -> str:

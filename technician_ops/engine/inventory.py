@@ -245,3 +245,26 @@ def _ansible_install() -> str:
     except OSError:
         return "unknown"
     return f"{release} {st.st_size} {st.st_mtime_ns}"
+
+
+def sources(paths: tuple[Path, ...]) -> list[dict[str, Any]]:
+    """Each inventory source with a sha256 of its content (a directory: of every file below it).
+
+    The audit record keeps these, so ``rollback RUN_ID`` and ``recover RUN_ID`` run on the
+    inventory the run used, and refuse when it changed since.
+    """
+    out = []
+    for path in paths:
+        digest = hashlib.sha256()
+        if path.is_dir():
+            for item in sorted(p for p in path.rglob("*") if p.is_file()):
+                digest.update(str(item.relative_to(path)).encode() + b"\0")
+                digest.update(hashlib.sha256(item.read_bytes()).digest())
+            kind = "dir"
+        elif path.is_file():
+            digest.update(path.read_bytes())
+            kind = "file"
+        else:
+            kind = "missing"
+        out.append({"path": str(path), "kind": kind, "sha256": digest.hexdigest() if kind != "missing" else None})
+    return out

@@ -1,8 +1,10 @@
 """Run locks: runs holding one lock name never overlap.
 
 An OS file lock (flock): the kernel drops it when the holder dies, so a
-crashed run never leaves a stale lock; Python opens files non-inheritable,
-so ansible and its children never hold it.
+crashed run never leaves a stale lock.  Python opens files non-inheritable:
+only the supervisor of each Ansible execution (``supervise.py``) is handed
+the descriptor, so the lock is released when the run *and* its execution are
+gone, never while a process of the run is still working.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+
+    @property
+    def fd(self) -> int:
+        """The held lock's descriptor (-1 when not held); whoever inherits it holds the lock too."""
+        return -1 if self._fd is None else self._fd
 
     def release(self) -> None:
         if self._fd is not None:

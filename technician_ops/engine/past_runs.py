@@ -29,6 +29,7 @@ sha256 in the (tamper-evident) audit record, every vault state file.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from functools import partial
 from pathlib import Path
@@ -44,7 +45,7 @@ from technician_ops.outcomes import Outcome
 from technician_ops.plan.compiler import Plan, PlanStep, bind_plan
 from technician_ops.project import Project
 from technician_ops.plan.loader import load_runbook
-from technician_ops.state import DONE, StepState, StepStatus
+from technician_ops.state import StepState, StepStatus
 from technician_ops.steps.base import PastRun
 
 ROLLBACK = "rollback"
@@ -72,6 +73,7 @@ def undo_past_run(request: UndoRequest, project: Project, bus: Bus, audit: Any,
     """
     started = time.monotonic()
     record = audit.get(request.run_id)
+    project = _recorded_inventory(project, record)
     past, plan, completed, notices = _prepare(request.action, project, record, audit)
     new_id = request.new_run_id
     if new_id is None:
@@ -103,8 +105,7 @@ def _undo(past: PastRun, completed: saga.Completed, ctx: Context) -> Verdict:
         return Verdict(Outcome.SUCCEEDED, rollback={"steps": [], "outcome": None, "failures": []})
     order = [ps.name for ps, _ in reversed(completed)]
     ctx.bus.emit(Kind.ROLLBACK_START, steps=order)
-    # The recorded hosts of an interrupted run may be patterns, not names.
-    failures = saga.run_undo(ctx, completed, f"{past.action} of run {past.run_id}", exact_hosts=False)
+    failures = saga.run_undo(ctx, completed, f"{past.action} of run {past.run_id}")
     if ctx.cancelled and ctx.cancelled():
         outcome = Outcome.INTERRUPTED
     else:
@@ -136,7 +137,7 @@ def _prepare(action: str, project: Project, record: dict[str, Any], audit: Any) 
                            hint="re-run the runbook instead")
     _refuse_if_superseded(record, audit)
     plan, notices = _rebuild_plan(project, record)
-    completed = _completed_steps(plan, record, include_in_flight=action == RECOVER)
+    completed = _completed_steps(plan, record, replay=action == RECOVER)
     past = PastRun(action, record, project.state_dir)
     by_kind: dict[Any, saga.Completed] = {}
     for item in completed:
@@ -196,42 +197,76 @@ def _rebuild_plan(project: Project, record: dict[str, Any]) -> tuple[Plan, list[
     return resolve_secrets(plan, None), notices
 
 
-def _completed_steps(plan: Plan, record: dict[str, Any], *, include_in_flight: bool) -> list[tuple[PlanStep, list[str]]]:
-    """(step, hosts) whose undo must run, in run order -- the same rule as a failing run's rollback."""
-    by_name = {ps.name: ps for ps in plan.steps}
-    recorded = sorted((StepState.from_record(s) for s in (record.get("steps") or {}).values()), key=lambda s: s.order)
-    completed: list[tuple[PlanStep, list[str]]] = []
-    missing = []
-    for entry in recorded:
-        name = entry.name
-        ps = by_name.get(name)
-        hosts_rec = entry.hosts
-        done = [h for h, r in hosts_rec.items() if r.status in DONE]
-        in_flight = entry.status is not StepStatus.SUCCEEDED
-        if ps is None:
-            if entry.changed:
-                missing.append(f"{name} (no longer in the runbook)")
-            continue
-        if not ps.kind.mutating:
-            continue
-        if in_flight:
-            if not include_in_flight:
-                continue
-            if ps.kind.undo_on_own_failure:
-                done = sorted(set(done) | set(hosts_rec)) or [ps.hosts]
-        if not done:
-            continue
-        changed = any(hosts_rec[h].changed for h in done if h in hosts_rec)
-        if not changed and not ps.kind.auto_undo and not in_flight:
-            continue
-        if not ps.has_undo:
-            missing.append(f"{name} (changed {', '.join(done)} and has no undo)")
-            continue
-        completed.append((ps, done))
-    if missing:
-        raise PastRunError(f"run {record['run_id']} cannot be undone: step(s) {'; '.join(missing)}",
-                           hint="undo those by hand; nothing was changed")
-    return completed
+def _completed_steps(plan: Plan, record: dict[str, Any], *, replay: bool) -> saga.Completed:
+    """(step, hosts) whose undo must run, in run order: the same rule as a failing run's rollback (saga.select).
+
+    ``replay``: a killed run's record stops where the process died, but its Ansible execution went on
+    until its supervisor stopped it; ansible-runner's job events (in the run's artifacts) show every
+    step that started, and hosts with a task in flight then are ``unknown``.
+    """
+    states = {str(s.get("name")): StepState.from_record(s) for s in (record.get("steps") or {}).values()}
+    if replay:
+        for name, state in _replayed(plan, record).items():
+            if name not in states or states[name].status is not StepStatus.SUCCEEDED:
+                states[name] = state
+    index = {ps.name: i for i, ps in enumerate(plan.steps)}
+    order = sorted(states, key=lambda n: (index.get(n, len(index)), states[n].order))
+    chosen = saga.select(plan, states, order)
+    if chosen.missing:
+        what = "; ".join(f"{m['step']} on {m['host']}: {m['error']}" for m in chosen.missing)
+        raise PastRunError(f"run {record['run_id']} cannot be undone: {what}", hint="undo those by hand; nothing was changed")
+    return chosen.completed
+
+
+def _replayed(plan: Plan, record: dict[str, Any]) -> dict[str, StepState]:
+    """The step states ansible-runner's job events of the run's forward execution show."""
+    import json
+
+    from technician_ops.engine.executor import StepTracker
+    from technician_ops.engine.redact import Redactor
+
+    events_dir = Path(str(record.get("artifact_dir") or "")) / "artifacts" / "run" / "job_events"
+    if not events_dir.is_dir():
+        return {}
+    tracker = StepTracker(Bus([]), {ps.name: ps.name for ps in plan.steps}, "run", Redactor([]),
+                          {ps.name: ps.kind.name for ps in plan.steps}, {ps.name: ps.hosts for ps in plan.steps})
+
+    # ``N-UUID.json``: events technician-ops received; ``UUID-partial.json``: events Ansible's callback
+    # wrote that nobody received any more (technician-ops was gone).  Both carry the event's counter.
+    events: dict[int, dict[str, Any]] = {}
+    for path in events_dir.glob("*.json"):
+        try:
+            event = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a file the killed execution was still writing
+        if isinstance(event, dict) and isinstance(event.get("counter"), int):
+            events.setdefault(event["counter"], event)
+    for counter in sorted(events):
+        tracker.handle(events[counter])
+    tracker.finish(0 if tracker.finished_cleanly else 1, stopped=not tracker.finished_cleanly)
+    return tracker.steps
+
+
+def _recorded_inventory(project: Project, record: dict[str, Any]) -> Project:
+    """``project`` with the inventory the run used (its record names it); refused if that changed since."""
+    recorded = record.get("inventory")
+    if not recorded:
+        return project  # a record from before inventories were recorded: the project's own
+    from technician_ops.engine.inventory import sources
+
+    paths = tuple(Path(str(item["path"])) for item in recorded)
+    now: dict[str, dict[str, Any]] = {str(item["path"]): item for item in sources(paths)}
+    changed = []
+    for item in recorded:
+        current = now[str(item["path"])]
+        if current["sha256"] != item.get("sha256"):
+            state = "gone" if current["kind"] == "missing" else \
+                f"sha256 {str(item.get('sha256'))[:12]} then, {str(current['sha256'])[:12]} now"
+            changed.append(f"{item['path']} ({state})")
+    if changed:
+        raise PastRunError(f"the inventory run {record['run_id']} used has changed since: {', '.join(changed)}",
+                           hint="its undo must run on the hosts it touched: restore that inventory, or undo by hand")
+    return dataclasses.replace(project, inventory=paths)
 
 
 def _describe(past: PastRun, completed: saga.Completed, notices: list[str]) -> str:

@@ -17,6 +17,7 @@ from technician_ops.engine import saga
 from technician_ops.engine.handlers import Approvals
 from technician_ops.engine.request import Cancelled, RunRequest, RunResult
 from technician_ops.engine.session import Context, Session, Verdict, Work, check_targets, header, target_hosts
+from technician_ops.errors import ExitCode
 from technician_ops.events import Bus, Kind
 from technician_ops.outcomes import Outcome
 from technician_ops.plan.compiler import Plan, bind_plan
@@ -54,30 +55,32 @@ def run(request: RunRequest, project: Project, bus: Bus, audit: Any, cancelled: 
 
 
 def _execute(ctx: Context) -> Verdict:
-    """The body of a forward run: one execution, and the saga when a step failed."""
+    """The body of a forward run: one execution, and the saga when a step failed or the run was stopped."""
     from technician_ops.engine.executor import StepTracker, execute
 
     plan = ctx.plan
     tracker = StepTracker(ctx.bus, {ps.name: ps.name for ps in plan.steps}, "run", ctx.redactor,
                           {ps.name: ps.kind.name for ps in plan.steps}, {ps.name: ps.hosts for ps in plan.steps})
-    outcome, failed_step = Outcome.SUCCEEDED, None
+    outcome, failed_step, exit_code = Outcome.SUCCEEDED, None, None
     rollback: dict[str, Any] = {}
-    try:
-        result = execute(ctx.pdd, ctx.files["playbook"], ctx.inventories, tracker, ident="run", check=plan.check,
-                         envvars=ctx.env, timeout=plan.runbook.timeout, cancel=ctx.cancelled)
-        interrupted = bool(ctx.cancelled and ctx.cancelled())
-        failed = next((n for n in tracker.order if tracker.steps[n].status is StepStatus.FAILED), None)
-        if result.rc != 0 and failed is None and not interrupted:
-            failed = _unstarted_failure(ctx, tracker, result)
-        if interrupted:
-            outcome = Outcome.INTERRUPTED
-        elif failed is not None or result.rc != 0:
-            failed_step = failed
-            outcome, rollback = saga.roll_back(ctx, tracker, failed)
-    except KeyboardInterrupt:
-        outcome = Outcome.INTERRUPTED
+    result = execute(ctx.pdd, ctx.files["playbook"], ctx.inventories, tracker, ident="run", check=plan.check,
+                     envvars=ctx.env, timeout=plan.runbook.timeout, cancel=ctx.cancelled, lock_fd=ctx.lock_fd)
+    failed = next((n for n in tracker.order if tracker.steps[n].status is StepStatus.FAILED), None)
+    if result.stopped == "timeout":
+        ctx.bus.emit(Kind.NOTICE, level="error", message=f"the runbook's timeout ({plan.runbook.timeout} s) ran out"
+                     + (f" in step {failed}" if failed else "") + ": the execution was stopped")
+    elif result.rc != 0 and failed is None and not result.stopped:
+        failed = _unstarted_failure(ctx, tracker, result)
+    if failed is not None or result.rc != 0 or result.stopped:
+        failed_step = failed
+        outcome, rollback = saga.roll_back(ctx, tracker)
+        if result.stopped == "cancelled" and outcome is not Outcome.ROLLBACK_FAILED:
+            outcome = Outcome.INTERRUPTED  # 130: the operator stopped it (and what it changed was undone)
+        elif tracker.tempfail and outcome in (Outcome.ROLLED_BACK, Outcome.FAILED):
+            exit_code = ExitCode.TEMPFAIL  # a dependency was down: what changed is undone, retry later
     failed_hosts = tracker.steps[failed_step].failed_hosts if failed_step in tracker.steps else []
-    return Verdict(outcome, failed_step, failed_hosts, {n: tracker.steps[n].status.value for n in tracker.order}, rollback)
+    return Verdict(outcome, failed_step, failed_hosts, {n: tracker.steps[n].status.value for n in tracker.order},
+                   rollback, exit_code)
 
 
 def _unstarted_failure(ctx: Context, tracker: Any, result: Any) -> str | None:

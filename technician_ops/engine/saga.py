@@ -7,69 +7,112 @@ earlier run (``run_undo``).  Both read step state as ``state.StepState``.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 from technician_ops.engine.executor import StepTracker, execute
 from technician_ops.engine.session import Context
 from technician_ops.events import Kind
 from technician_ops.outcomes import Outcome
-from technician_ops.plan.compiler import PlanStep
+from technician_ops.plan.compiler import Plan, PlanStep
 from technician_ops.plan.files import write_undo_playbook
 from technician_ops.state import HostStatus, StepState, StepStatus
 
 Completed = list[tuple[PlanStep, list[str]]]  # (step, the hosts its undo runs on), in run order
 
 
-def select(ctx: Context, steps: dict[str, StepState], order: list[str], failed: str | None) -> tuple[Completed, list[dict[str, Any]]]:
-    """What a failing run undoes: (steps with the hosts to undo them on, hosts that cannot be undone)."""
-    completed: Completed = []
-    missing: list[dict[str, Any]] = []
-    by_name = {ps.name: ps for ps in ctx.plan.steps}
-    # Hosts this run just found unreachable are not retried by the undo (an
-    # SSH attempt to a host that vanished can hang): they are reported as
-    # not rolled back, by name.
-    dead = {h for run in steps.values() for h, a in run.hosts.items() if a.status is HostStatus.UNREACHABLE}
+@dataclass
+class Selection:
+    """What undoing a run takes, decided from its step states (docs/undo.md)."""
+
+    completed: Completed = field(default_factory=list)  # (step, hosts) whose undo runs, in run order
+    missing: list[dict[str, Any]] = field(default_factory=list)  # {step, host, error}: changed, cannot be undone
+    declared: list[dict[str, Any]] = field(default_factory=list)  # {step, hosts, undo}: undo=none / undo=backup:NAME
+
+    @property
+    def changed_anything(self) -> bool:
+        return bool(self.completed or self.missing or self.declared)
+
+
+def select(plan: Plan, states: dict[str, StepState], order: list[str], *, dead: Collection[str] = ()) -> Selection:
+    """Every step that may have changed something, on exactly the hosts where it may have.
+
+    A step that finished is undone where a task reported a change (or hid whether it did); a step
+    that failed or was stopped inside, on those hosts too, failed ones included (its kind decides:
+    ``StepKind.undo_hosts``).  ``undo=none`` declares there is nothing to undo; ``undo=backup:NAME``
+    that backup NAME's restore is the undo, on hosts NAME covers.  A host in ``dead`` (unreachable
+    during the run) is reported, never retried: an SSH attempt to a vanished host can hang.
+    """
+    out = Selection()
+    by_name = {ps.name: ps for ps in plan.steps}
     for name in order:
-        run = steps[name]
-        ps = by_name[name]
-        own_failure = name == failed and ps.kind.undo_on_own_failure
-        if run.status is not StepStatus.SUCCEEDED and not own_failure:
+        state = states[name]
+        ps = by_name.get(name)
+        if ps is None:  # a past run's step the runbook no longer has
+            if state.changed_hosts:
+                out.missing.append({"step": name, "host": ",".join(state.changed_hosts),
+                                    "error": "changed things and is no longer in the runbook"})
             continue
-        hosts = run.done_hosts if not own_failure else list(run.hosts)
-        if not ps.kind.mutating or not hosts:
+        if not ps.kind.mutating:
             continue
-        if not run.changed and not ps.kind.has_auto_undo(ps.step):
-            continue  # reported no change anywhere: nothing to undo
-        for host in sorted(set(hosts) & dead):
-            missing.append({"step": name, "host": host, "error": "host unreachable during the run: not rolled back"})
+        failed = state.status is not StepStatus.SUCCEEDED
+        hosts = ps.kind.undo_hosts(ps.step, state, failed=failed)
+        if not hosts:
+            continue
+        declared = ps.step.attrs.get("undo")
+        if declared == "none":
+            out.declared.append({"step": name, "hosts": hosts, "undo": "none"})
+            continue
+        for host in sorted(set(hosts).intersection(dead)):
+            out.missing.append({"step": name, "host": host, "error": "host unreachable during the run: not rolled back"})
         hosts = [h for h in hosts if h not in dead]
         if not hosts:
             continue
-        if ps.has_undo:
-            completed.append((ps, hosts))
+        if declared and declared.startswith("backup:"):
+            out.declared.append({"step": name, "hosts": hosts, "undo": declared})
+        elif ps.has_undo:
+            out.completed.append((ps, hosts))
         else:
-            missing.append({"step": name, "host": ",".join(hosts), "error": "step changed things and has no undo"})
-    return completed, missing
+            out.missing.append({"step": name, "host": ",".join(hosts), "error": "step changed things and has no undo"})
+    restored = {ps.name: set(hosts) for ps, hosts in out.completed}
+    for item in out.declared:
+        if item["undo"].startswith("backup:"):
+            backup = item["undo"].split(":", 1)[1]
+            for host in item["hosts"]:
+                if host not in restored.get(backup, set()):
+                    out.missing.append({"step": item["step"], "host": host,
+                                        "error": f"undo=backup:{backup}, but backup {backup} has nothing to restore here"})
+    return out
 
 
-def roll_back(ctx: Context, tracker: StepTracker, failed: str | None) -> tuple[Outcome, dict[str, Any]]:
-    """Undo what a failing run completed, newest first, as a second execution."""
+def roll_back(ctx: Context, tracker: StepTracker) -> tuple[Outcome, dict[str, Any]]:
+    """Undo what a failing (or stopped) run may have changed, newest first, as a second execution.
+
+    ``failed`` (exit 1) only when nothing changed anywhere.
+    """
     if ctx.plan.check:
         return Outcome.FAILED, {}
-    completed, missing = select(ctx, tracker.steps, tracker.order, failed)
-    if not completed and not missing:
+    dead = {h for run in tracker.steps.values() for h, a in run.hosts.items() if a.status is HostStatus.UNREACHABLE}
+    chosen = select(ctx.plan, tracker.steps, tracker.order, dead=dead)
+    if not chosen.changed_anything:
         return Outcome.FAILED, {"steps": [], "outcome": None}
-    order = [ps.name for ps, _ in reversed(completed)]
+    order = [ps.name for ps, _ in reversed(chosen.completed)]
     ctx.bus.emit(Kind.ROLLBACK_START, steps=order)
-    failures = list(missing)
-    if completed:
-        failures += run_undo(ctx, completed, "undo of the completed steps")
+    for item in chosen.declared:
+        ctx.bus.emit(Kind.NOTICE, level="info", message=f"step {item['step']} changed {', '.join(item['hosts'])}: "
+                     f"its undo is declared undo={item['undo']}")
+    failures = list(chosen.missing)
+    if chosen.completed:
+        # Not cancellable by the stop that may have led here: only a second Ctrl-C ends an undo early.
+        failures += run_undo(ctx, chosen.completed, "undo of what the run changed", cancellable=False)
     outcome = Outcome.ROLLBACK_FAILED if failures else Outcome.ROLLED_BACK
     ctx.bus.emit(Kind.ROLLBACK_END, outcome=outcome.value, failures=failures, steps=order)
     return outcome, {"steps": order, "outcome": outcome.value, "failures": failures}
 
 
-def run_undo(ctx: Context, completed: Completed, why: str, *, exact_hosts: bool = True) -> list[dict[str, Any]]:
+def run_undo(ctx: Context, completed: Completed, why: str, *, exact_hosts: bool = True,
+             cancellable: bool = True) -> list[dict[str, Any]]:
     """Run the undo plays of ``completed`` as one execution; return every host that did not come back clean.
 
     ``exact_hosts``: the host lists are host names (not patterns), so a host
@@ -79,15 +122,16 @@ def run_undo(ctx: Context, completed: Completed, why: str, *, exact_hosts: bool 
     tracker = StepTracker(ctx.bus, {f"undo:{ps.name}": ps.name for ps, _ in completed}, "rollback", ctx.redactor,
                           {ps.name: "undo" for ps, _ in completed}, {ps.name: ",".join(h) for ps, h in completed})
     result = execute(ctx.pdd, playbook, ctx.inventories, tracker, ident="rollback", check=False, envvars=ctx.env,
-                     cancel=ctx.cancelled)
+                     cancel=ctx.cancelled if cancellable else None, lock_fd=ctx.lock_fd)
     failures: list[dict[str, Any]] = []
     for ps, hosts in completed:
         run = tracker.steps.get(ps.name)
-        if run is None:
-            failures.append({"step": ps.name, "host": ",".join(hosts), "error": "undo did not run"})
+        if run is None or not run.hosts:
+            failures.append({"step": ps.name, "host": ",".join(hosts),
+                             "error": "undo did not run" if run is None else "undo matched no host"})
             continue
         for host, agg in run.hosts.items():
-            if agg.status in (HostStatus.FAILED, HostStatus.UNREACHABLE) or agg.ignored_errors:
+            if agg.status in (HostStatus.FAILED, HostStatus.UNREACHABLE, HostStatus.UNKNOWN) or agg.ignored_errors:
                 failures.append({"step": ps.name, "host": host, "error": agg.error or agg.status.value})
         for host in hosts if exact_hosts else []:
             if host not in run.hosts:

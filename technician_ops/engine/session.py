@@ -26,7 +26,7 @@ from technician_ops.engine.control import ENV_RUN_ID, ENV_STATE_DIR, ControlServ
 from technician_ops.engine.handlers import Emitter, Secrets
 from technician_ops.engine.redact import Redactor
 from technician_ops.engine.request import EXIT_FOR_OUTCOME, Cancelled, RunResult, utc_now
-from technician_ops.errors import ConfigError, TechnicianOpsError
+from technician_ops.errors import ConfigError, ExitCode, TechnicianOpsError
 from technician_ops.events import Bus, Kind
 from technician_ops.outcomes import Outcome
 from technician_ops.plan.compiler import Plan, default_forks
@@ -53,6 +53,7 @@ class Context:
     bus: Bus
     redactor: Redactor
     cancelled: Cancelled | None
+    lock_fd: int = -1  # the run lock, also held by each execution's supervisor (engine/supervise.py)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Verdict:
     failed_hosts: list[str] = field(default_factory=list)
     steps: dict[str, str] = field(default_factory=dict)
     rollback: dict[str, Any] = field(default_factory=dict)
+    exit_code: ExitCode | None = None  # when the outcome's own code would not tell the truth (a dependency down)
 
 
 @dataclass
@@ -122,11 +124,11 @@ class Session:
                 self.audit.record_skipped(work.header, f"locked: {exc.message}", outcome="skipped")
             raise
         try:
-            return self._locked(work)
+            return self._locked(work, lock.fd)
         finally:
             lock.release()
 
-    def _locked(self, work: Work) -> RunResult:
+    def _locked(self, work: Work, lock_fd: int) -> RunResult:
         plan, project = work.plan, self.project
         redactor = Redactor([str(v) for k, v in plan.params.items() if k in plan.secret_names and v is not None])
         self.bus.redactor = redactor
@@ -147,6 +149,10 @@ class Session:
             if inventory is not None:
                 inventory.save()
         work.header["artifact_dir"] = str(pdd)
+        if project.inventory:  # what a later ``rollback RUN_ID``/``recover RUN_ID`` must run against
+            from technician_ops.engine.inventory import sources
+
+            work.header["inventory"] = sources(project.inventory)
         from technician_ops.audit.sink import RunRecording
 
         # Leaving this block without record.finish() (a crash of ours, Ctrl-C twice)
@@ -162,7 +168,7 @@ class Session:
                     env = {**control.env, ENV_RUN_ID: plan.run_id, ENV_STATE_DIR: str(project.state_dir),
                            "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}
                     ctx = Context(project, work.header["run_id"], plan, pdd, files, [*project.inventory, files["inventory"]], env, self.bus,
-                                  redactor, self.cancelled)
+                                  redactor, self.cancelled, lock_fd)
                     verdict = work.body(ctx)
             except KeyboardInterrupt:
                 verdict = Verdict(Outcome.INTERRUPTED)
@@ -173,7 +179,7 @@ class Session:
                 for kind in {ps.kind.name: ps.kind for ps in plan.steps}.values():
                     for warning in kind.after_run(plan.runbook, project.state_dir, project.keep_backups):
                         self.bus.emit(Kind.NOTICE, level="warning", message=warning)
-            exit_code = EXIT_FOR_OUTCOME[verdict.outcome]
+            exit_code = verdict.exit_code or EXIT_FOR_OUTCOME[verdict.outcome]
             duration = time.monotonic() - work.started
             self.bus.emit(Kind.RUN_END, run_id=work.header["run_id"], outcome=verdict.outcome.value,
                           exit_code=int(exit_code), ended_at=utc_now(), duration=round(duration, 3),

@@ -30,7 +30,7 @@ FRONT_MATTER_KEYS = {
 PARAM_KEYS = {"type", "required", "default", "help", "choices"}
 COMMON_ATTRS = {
     "name", "kind", "hosts", "serial", "timeout", "when", "retries", "delay",
-    "continue_on_error", "max_fail_percentage", "become", "become_user", "rollback", "facts",
+    "continue_on_error", "max_fail_percentage", "become", "become_user", "rollback", "facts", "undo",
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -331,15 +331,37 @@ def _steps(
             undos[target] = undo
     if not steps and not out.errors:
         out.error(1, "no steps: a step is a fenced code block with an attribute block, e.g. ```yaml {name=restart}")
-    for step in steps:
+    backups = {s.name: i for i, s in enumerate(steps) if registry[s.kind].auto_undo}
+    for i, step in enumerate(steps):
         kind = registry[step.kind]
+        declared = step.attrs.get("undo")
+        if declared is not None:
+            _check_declared_undo(step, i, declared, backups, step.name in undos, out)
+            continue
         if step.name in undos or kind.has_auto_undo(step) or not kind.changes_things(step):
             continue
-        message = f"step {step.name!r} changes things but has no undo: add a ```{step.lang or 'yaml'} {{rollback={step.name}}} block"
-        if kind.name == "playbook":
-            continue  # playbook contents are opaque; their undo is the author's call
+        if not kind.expects_undo:
+            continue  # e.g. a playbook: its contents are opaque, its undo is the author's call
+        message = (f"step {step.name!r} changes things but has no undo: add a ```{step.lang or 'yaml'} "
+                   f"{{rollback={step.name}}} block, or declare undo=none (nothing to undo) or undo=backup:STEP "
+                   "(an earlier backup step restores what it changes)")
         (out.error if strict else out.warn)(step.line, message)
     return steps, undos
+
+
+def _check_declared_undo(step: Step, index: int, declared: str, backups: dict[str, int], has_block: bool,
+                         out: _Collector) -> None:
+    """``undo=none`` or ``undo=backup:STEP`` (an earlier step whose kind restores on its own, e.g. a backup)."""
+    if has_block:
+        out.error(step.line, f"step {step.name!r} has both undo={declared} and a rollback block: keep one")
+    elif declared.startswith("backup:"):
+        name = declared.split(":", 1)[1]
+        if backups.get(name, index) >= index:
+            earlier = [n for n, i in backups.items() if i < index]
+            out.error(step.line, f"undo={declared}: no earlier backup step named {name!r}"
+                      + (f" (earlier backups: {', '.join(earlier)})" if earlier else " (there is no earlier backup step)"))
+    elif declared != "none":
+        out.error(step.line, f"undo={declared!r}: say undo=none (nothing to undo) or undo=backup:STEP")
 
 
 def _check_attr_values(attrs: dict[str, str], line: int, known: set[str], out: _Collector) -> None:

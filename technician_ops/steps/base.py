@@ -19,6 +19,7 @@ from technician_ops.runbook import yamlio
 from technician_ops.runbook.model import Runbook, Step
 from technician_ops.runbook.params import parse_duration
 from technician_ops.runbook.yamlio import dump as dump_yaml
+from technician_ops.state import StepState
 
 # Modules that only read: a task list made of these needs no undo.
 READ_ONLY_MODULES = frozenset(
@@ -104,6 +105,7 @@ class StepKind:
     undo_on_own_failure: ClassVar[bool] = False  # undo even when this very step failed
     extra_attrs: ClassVar[frozenset[str]] = frozenset()
     own_hosts: ClassVar[bool] = False  # the body picks its hosts (a playbook): the step's hosts= is not its target
+    expects_undo: ClassVar[bool] = True  # lint warns when a step that changes things has none
     asks_operator: ClassVar[bool] = False  # the step needs an answer from the operator (approve)
     secret_scheme: ClassVar[str | None] = None  # front matter ``secrets: {x: "SCHEME:..."}`` this kind resolves
 
@@ -119,6 +121,18 @@ class StepKind:
     def has_auto_undo(self, step: Step) -> bool:
         """Whether this very step brings its own undo (a kind may decide per step)."""
         return self.auto_undo
+
+    def undo_hosts(self, step: Step, state: StepState, *, failed: bool) -> list[str]:
+        """The hosts where this step may have changed something, so its undo runs there (docs/undo.md).
+
+        ``failed``: the step did not finish cleanly everywhere (it failed, or the run was stopped inside
+        it).  By default: every host where a task reported a change or nobody can tell (no_log, stopped
+        mid-task); a kind whose own failure leaves its change behind (``undo_on_own_failure``) undoes
+        every host it reached.
+        """
+        if failed and self.undo_on_own_failure:
+            return list(state.hosts)
+        return state.changed_hosts
 
     def referenced_names(self, step: Step) -> str:
         """Text searched for secret-variable references (decides no_log)."""

@@ -16,6 +16,7 @@ from technician_ops.steps.base import BodyError, CompileContext, StepKind, load_
 class PlaybookKind(StepKind):
     name = "playbook"
     own_hosts = True  # the playbook's plays name their hosts
+    expects_undo = False  # its contents are opaque: whether it needs an undo is the author's call
 
     def parse(self, body: str, lang: str, project_root: Path) -> Any:
         spec = load_yaml_body(body)

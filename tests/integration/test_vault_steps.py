@@ -28,6 +28,7 @@ import pytest
 
 from technician_ops import api
 from technician_ops.outputs.console import JsonView
+from technician_ops.errors import ExitCode
 from technician_ops.events import Event, Kind, Outcome
 from tests.conftest import DemoProject
 from tests.integration.conftest import Postgres
@@ -287,6 +288,7 @@ def test_an_unreachable_openbao_fails_the_run_before_the_database_is_touched(
     result, events = case.run()
 
     assert result.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK), events
+    assert result.exit_code == ExitCode.TEMPFAIL  # a dependency down: what changed is undone, retry later
     assert result.failed_step == STEP
     failed = [e for e in events if e["event"] == "host_result" and e["status"] == "failed"]
     assert failed and "unreachable" in failed[0]["error"] and stopped.addr in failed[0]["error"]

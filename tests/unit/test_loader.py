@@ -36,7 +36,9 @@ def test_missing_undo_is_a_warning_without_strict() -> None:
     case = BAD / "no-undo-strict.md"
     diags = lint(case, BAD)
     assert [d.severity for d in diags] == ["warning"]
-    assert str(diags[0]).endswith("5: warning: step 'restart' changes things but has no undo: add a ```yaml {rollback=restart} block")
+    assert str(diags[0]).endswith("5: warning: step 'restart' changes things but has no undo: add a ```yaml "
+                                  "{rollback=restart} block, or declare undo=none (nothing to undo) or "
+                                  "undo=backup:STEP (an earlier backup step restores what it changes)")
     assert load_runbook(case, BAD).warnings
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from technician_ops.runbook.model import Runbook, Step
+from technician_ops.state import StepState
 from technician_ops.steps.base import BodyError, CompileContext, PastRun, StepKind, load_yaml_body
 
 REMOTE_SCRIPT = Path(__file__).resolve().parent / "remote_backup.py"
@@ -53,6 +54,11 @@ class BackupKind(StepKind):
     name = "backup"
     mutating = True
     auto_undo = True
+
+    def undo_hosts(self, step: Step, state: StepState, *, failed: bool) -> list[str]:
+        """The hosts with a verified backup: restoring one is exact, and a host without one has nothing
+        of this step's to undo (a backup changes none of the paths it copies)."""
+        return state.done_hosts
 
     # -- run-time hooks ------------------------------------------------------------
     def after_run(self, runbook: Runbook, state_dir: Path, keep: int) -> list[str]:

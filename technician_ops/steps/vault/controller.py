@@ -244,6 +244,13 @@ def roll_back(step: str, emit: Emit, env: Mapping[str, str] | None = None) -> Un
                 "" if old_value is not None else f"version {old_version} had no key {ref.key!r}: nothing to re-apply")
 
 
+def is_tempfail(exc: BaseException) -> bool:
+    """Vault/OpenBao down, sealed or answering 5xx: the run exits 75 (retry later) once it undid what changed."""
+    from technician_ops.errors import DependencyUnavailable
+
+    return isinstance(exc, DependencyUnavailable)
+
+
 def describe(exc: BaseException) -> str:
     """A failure as one line for the task result: our message, never hvac's text."""
     if isinstance(exc, TechnicianOpsError):

@@ -29,6 +29,7 @@ import yaml
 
 from technician_ops.runbook import yamlio
 from technician_ops.runbook.model import Step
+from technician_ops.state import StepState
 from technician_ops.steps.base import TASK_KEYWORDS, BodyError, CompileContext, PastRun, StepKind, load_yaml_body
 
 KEYS = ("secret", "generate", "command", "as", "apply", "verify")
@@ -156,6 +157,10 @@ class VaultKind(StepKind):
     undo_on_own_failure = True  # a failed verify leaves the new value published
     secret_scheme = "vault"  # front matter ``secrets: {x: "vault:mount/path#key"}``
 
+    def undo_hosts(self, step: Step, state: StepState, *, failed: bool) -> list[str]:
+        """A finished rotation is undone on every host that applied it; a failed one on every host it reached."""
+        return list(state.hosts) if failed else state.done_hosts
+
     # -- run-time hooks (hvac and the controller code load only here) ----------------
     def resolve_secrets(self, refs: dict[str, str], environ: dict[str, str] | None) -> dict[str, str]:
         """Read before anything runs; values live only in this process (the plan's params)."""
@@ -169,7 +174,8 @@ class VaultKind(StepKind):
         The step checks again when it rotates; checking here too means a token
         without permission fails the run (recorded ``refused``) with the path and
         the missing capability before an earlier step has changed a host.  Vault
-        down or no credentials: the step itself fails, recorded as it always was.
+        down, sealed, or no credentials: the step itself fails, recorded as it
+        always was (down or sealed: the run exits 75 once it undid what changed).
         """
         from technician_ops.errors import TechnicianOpsError
         from technician_ops.steps.vault.client import VaultPermissionError
@@ -178,9 +184,9 @@ class VaultKind(StepKind):
         try:
             check_access([s.spec["secret"] for s in steps], check=check)
         except VaultPermissionError:
-            raise
+            raise  # a token without the capability: 78, before anything changed
         except TechnicianOpsError:
-            return
+            return  # down, sealed: the step fails and says so; the run undoes what changed and exits 75
 
     def check_undo_of_past_run(self, past: PastRun, items: list[tuple[Any, list[str]]]) -> list[tuple[Any, list[str]]]:
         """``rollback``: the rotation must be recorded complete.  ``recover``: converge a killed rotation first."""

@@ -29,7 +29,7 @@ class ActionModule(ControllerAction):
         try:
             undo = vault_step.roll_back(step, emit)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a failed task
-            result.update(failed=True, msg=vault_step.describe(exc))
+            result.update(failed=True, msg=vault_step.describe(exc), technician_ops_tempfail=vault_step.is_tempfail(exc))
             return result
         if undo.old_value is None:
             result.update(changed=undo.restored, reapply=False, rollback_version=undo.rollback_version,

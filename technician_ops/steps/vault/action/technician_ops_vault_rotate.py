@@ -43,7 +43,7 @@ class ActionModule(ControllerAction):
                 return result
             rotation = vault_step.rotate(step, secret, generator, emit)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a failed task
-            result.update(failed=True, msg=vault_step.describe(exc))
+            result.update(failed=True, msg=vault_step.describe(exc), technician_ops_tempfail=vault_step.is_tempfail(exc))
             return result
         assert rotation.new_value is not None
         result.update(
