@@ -20,8 +20,8 @@ class ExitCode(enum.IntEnum):
     """Process exit codes, following sysexits(3) where one fits."""
 
     OK = 0
-    FAILED = 1  # a step failed and nothing needed undoing
-    ROLLED_BACK = 3  # a step failed; completed steps were undone
+    FAILED = 1  # a step failed and nothing had changed anywhere
+    ROLLED_BACK = 3  # a step failed; what may have changed was undone
     ROLLBACK_FAILED = 4  # an undo failed: a human is needed
     APPROVAL_MISSING = 5  # an approve step had no approval
     USAGE = 64  # EX_USAGE: bad command line
@@ -38,16 +38,16 @@ class ExitCode(enum.IntEnum):
 
 _MEANINGS = {
     ExitCode.OK: "success (or, for --check, the dry run passed)",
-    ExitCode.FAILED: "a step failed; nothing had changed, so nothing was undone",
-    ExitCode.ROLLED_BACK: "a step failed; the completed steps were rolled back",
+    ExitCode.FAILED: "a step failed; nothing had changed anywhere, so nothing was undone",
+    ExitCode.ROLLED_BACK: "a step failed (or the runbook's timeout ran out); what the run may have changed was undone",
     ExitCode.ROLLBACK_FAILED: "a step failed and an undo failed too: a human is needed",
     ExitCode.APPROVAL_MISSING: "an approve step was not approved (no terminal, no --yes/--approve)",
     ExitCode.USAGE: "bad command line",
     ExitCode.DATAERR: "invalid runbook or parameters (nothing ran), or audit verify found tampering",
     ExitCode.SOFTWARE: "internal error: a bug in technician-ops (see the debug log)",
-    ExitCode.TEMPFAIL: "temporary failure, retry later: lock held or a dependency (host, Vault) down",
+    ExitCode.TEMPFAIL: "temporary failure, retry later: lock held, or a dependency (host, Vault) down; what changed was undone",
     ExitCode.CONFIG: "bad configuration",
-    ExitCode.INTERRUPTED: "interrupted by a signal; the record says what ran",
+    ExitCode.INTERRUPTED: "interrupted by a signal: the execution was stopped and what it may have changed undone; the record says what ran",
 }
 
 

@@ -1,0 +1,50 @@
+"""engine/supervise.py on real processes: a stop leaves nothing behind, whatever the processes do."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from technician_ops.engine.runner_pty import SUPERVISE
+
+
+def _alive(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    return [pid for pid in out.split() if int(pid) != os.getpid()]
+
+
+def _supervise(script: str, *, grace: float = 1.0, parent: int | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-S", "-E", str(SUPERVISE), "-1", str(parent or os.getpid()), str(grace),
+                             "--", "/bin/bash", "-c", script], start_new_session=True)
+
+
+def test_a_stop_kills_every_descendant_even_one_in_its_own_session(tmp_path: Path) -> None:
+    marker = f"tops-{uuid.uuid4().hex}"
+    ready = tmp_path / "ready"
+    # a daemon that left the process group and the session, one that ignores SIGTERM, and a plain child
+    proc = _supervise(f"setsid bash -c 'exec -a {marker}-a sleep 60' & (trap '' TERM; exec -a {marker}-b sleep 60) & "
+                      f"touch {ready}; exec -a {marker}-c sleep 60")
+    deadline = time.monotonic() + 10
+    while not (ready.exists() and len(_alive(marker)) >= 3):
+        assert time.monotonic() < deadline, _alive(marker)
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) != 0
+    assert _alive(marker) == []  # the one ignoring SIGTERM was killed after the grace period
+
+
+def test_the_command_exit_code_is_relayed() -> None:
+    assert _supervise("exit 7").wait(timeout=10) == 7
+
+
+def test_a_dead_parent_stops_the_run_at_once() -> None:
+    marker = f"tops-{uuid.uuid4().hex}"
+    # the parent it is told about is not its parent: as if technician-ops died before the prctl
+    proc = _supervise(f"exec -a {marker} sleep 60", parent=1)
+    assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+    assert _alive(marker) == []
