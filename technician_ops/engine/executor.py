@@ -57,11 +57,14 @@ class StepTracker:
             step = self.step_names.get(data.get("play") or data.get("name") or "")
             if step is not None:
                 self._close()
-                self.current = StepState(step, self.kinds.get(step, ""), self.patterns.get(step, ""), self.phase,
-                                         order=len(self.order))
-                self._started = time.monotonic()
-                self.steps[step] = self.current
-                self.order.append(step)
+                if step in self.steps:  # the next batch of a serial step: the same step goes on
+                    self.current = self.steps[step]
+                else:
+                    self.current = StepState(step, self.kinds.get(step, ""), self.patterns.get(step, ""),
+                                             self.phase, order=len(self.order))
+                    self._started = time.monotonic()
+                    self.steps[step] = self.current
+                    self.order.append(step)
                 self.bus.emit(Kind.STEP_START, step=step, kind=self.kinds.get(step, ""), hosts=self.patterns.get(step, ""),
                               phase=self.phase)
         elif etype == "playbook_on_task_start" and self.current is not None:

@@ -74,7 +74,7 @@ def undo_past_run(request: UndoRequest, project: Project, bus: Bus, audit: Any,
     started = time.monotonic()
     record = audit.get(request.run_id)
     project = _recorded_inventory(project, record)
-    past, plan, completed, notices = _prepare(request.action, project, record, audit)
+    past, plan, completed, stopped_hosts, notices = _prepare(request.action, project, record, audit)
     new_id = request.new_run_id
     if new_id is None:
         from technician_ops.audit import new_run_id
@@ -91,12 +91,12 @@ def undo_past_run(request: UndoRequest, project: Project, bus: Bus, audit: Any,
             if not request.prompt(request.action, _describe(past, completed, notices)):
                 raise ApprovalMissing(f"{request.action} of run {record['run_id']} was not confirmed: nothing changed")
     targets = sorted({h for ps, hosts in completed if not ps.kind.controller for h in hosts})
-    work = Work(plan, head, body=partial(_undo, past, completed), targets=lambda _inventory: targets, started=started,
+    work = Work(plan, head, body=partial(_undo, past, completed, stopped_hosts), targets=lambda _inventory: targets, started=started,
                 skip_preflight=request.skip_preflight or not targets, notices=notices)
     return session.run(work)
 
 
-def _undo(past: PastRun, completed: saga.Completed, ctx: Context) -> Verdict:
+def _undo(past: PastRun, completed: saga.Completed, stopped_hosts: list[str], ctx: Context) -> Verdict:
     """The body of an undo run: the kinds' recovery decisions, then one execution of the undo plays."""
     for decision in past.decisions:  # the recovery's decisions become the state the undo reads
         decision.apply(ctx.run_id)
@@ -105,7 +105,7 @@ def _undo(past: PastRun, completed: saga.Completed, ctx: Context) -> Verdict:
         return Verdict(Outcome.SUCCEEDED, rollback={"steps": [], "outcome": None, "failures": []})
     order = [ps.name for ps, _ in reversed(completed)]
     ctx.bus.emit(Kind.ROLLBACK_START, steps=order)
-    failures = saga.run_undo(ctx, completed, f"{past.action} of run {past.run_id}")
+    failures = saga.run_undo(ctx, completed, f"{past.action} of run {past.run_id}", stopped_hosts=stopped_hosts)
     if ctx.cancelled and ctx.cancelled():
         outcome = Outcome.INTERRUPTED
     else:
@@ -115,7 +115,8 @@ def _undo(past: PastRun, completed: saga.Completed, ctx: Context) -> Verdict:
     return Verdict(outcome, rollback={"steps": order, "outcome": rb_outcome.value, "failures": failures})
 
 
-def _prepare(action: str, project: Project, record: dict[str, Any], audit: Any) -> tuple[PastRun, Plan, saga.Completed, list[str]]:
+def _prepare(action: str, project: Project, record: dict[str, Any],
+             audit: Any) -> tuple[PastRun, Plan, saga.Completed, list[str], list[str]]:
     """Every check that can refuse, and the plan; reads only."""
     run_id = record["run_id"]
     outcome = record.get("outcome")
@@ -137,7 +138,7 @@ def _prepare(action: str, project: Project, record: dict[str, Any], audit: Any) 
                            hint="re-run the runbook instead")
     _refuse_if_superseded(record, audit)
     plan, notices = _rebuild_plan(project, record)
-    completed = _completed_steps(plan, record, replay=action == RECOVER)
+    completed, stopped_hosts = _completed_steps(plan, record, replay=action == RECOVER)
     past = PastRun(action, record, project.state_dir)
     by_kind: dict[Any, saga.Completed] = {}
     for item in completed:
@@ -146,7 +147,7 @@ def _prepare(action: str, project: Project, record: dict[str, Any], audit: Any) 
     completed = [kept[ps.name] for ps, _ in completed if ps.name in kept]  # run order, the hosts the kinds kept
     if not completed and not any(d.changes_state for d in past.decisions):
         raise PastRunError(f"run {run_id} completed no step that changed something: nothing to undo")
-    return past, plan, completed, notices
+    return past, plan, completed, stopped_hosts, notices
 
 
 def _refuse_if_superseded(record: dict[str, Any], audit: Any) -> None:
@@ -197,7 +198,7 @@ def _rebuild_plan(project: Project, record: dict[str, Any]) -> tuple[Plan, list[
     return resolve_secrets(plan, None), notices
 
 
-def _completed_steps(plan: Plan, record: dict[str, Any], *, replay: bool) -> saga.Completed:
+def _completed_steps(plan: Plan, record: dict[str, Any], *, replay: bool) -> tuple[saga.Completed, list[str]]:
     """(step, hosts) whose undo must run, in run order: the same rule as a failing run's rollback (saga.select).
 
     ``replay``: a killed run's record stops where the process died, but its Ansible execution went on
@@ -215,7 +216,7 @@ def _completed_steps(plan: Plan, record: dict[str, Any], *, replay: bool) -> sag
     if chosen.missing:
         what = "; ".join(f"{m['step']} on {m['host']}: {m['error']}" for m in chosen.missing)
         raise PastRunError(f"run {record['run_id']} cannot be undone: {what}", hint="undo those by hand; nothing was changed")
-    return chosen.completed
+    return chosen.completed, saga.stopped(states)
 
 
 def _replayed(plan: Plan, record: dict[str, Any]) -> dict[str, StepState]:

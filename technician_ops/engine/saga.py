@@ -105,20 +105,26 @@ def roll_back(ctx: Context, tracker: StepTracker) -> tuple[Outcome, dict[str, An
     failures = list(chosen.missing)
     if chosen.completed:
         # Not cancellable by the stop that may have led here: only a second Ctrl-C ends an undo early.
-        failures += run_undo(ctx, chosen.completed, "undo of what the run changed", cancellable=False)
+        failures += run_undo(ctx, chosen.completed, "undo of what the run changed", cancellable=False,
+                             stopped_hosts=stopped(tracker.steps))
     outcome = Outcome.ROLLBACK_FAILED if failures else Outcome.ROLLED_BACK
     ctx.bus.emit(Kind.ROLLBACK_END, outcome=outcome.value, failures=failures, steps=order)
     return outcome, {"steps": order, "outcome": outcome.value, "failures": failures}
 
 
+def stopped(states: dict[str, StepState]) -> list[str]:
+    """Hosts where a task was in flight when the run was stopped."""
+    return sorted({h for s in states.values() for h, a in s.hosts.items() if a.status is HostStatus.UNKNOWN})
+
+
 def run_undo(ctx: Context, completed: Completed, why: str, *, exact_hosts: bool = True,
-             cancellable: bool = True) -> list[dict[str, Any]]:
+             cancellable: bool = True, stopped_hosts: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the undo plays of ``completed`` as one execution; return every host that did not come back clean.
 
     ``exact_hosts``: the host lists are host names (not patterns), so a host
     the undo never reached is a failure too.
     """
-    playbook = write_undo_playbook(ctx.plan, completed, ctx.pdd / "project" / "rollback.yml", why)
+    playbook = write_undo_playbook(ctx.plan, completed, ctx.pdd / "project" / "rollback.yml", why, stopped_hosts)
     tracker = StepTracker(ctx.bus, {f"undo:{ps.name}": ps.name for ps, _ in completed}, "rollback", ctx.redactor,
                           {ps.name: "undo" for ps, _ in completed}, {ps.name: ",".join(h) for ps, h in completed})
     result = execute(ctx.pdd, playbook, ctx.inventories, tracker, ident="rollback", check=False, envvars=ctx.env,

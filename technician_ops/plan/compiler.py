@@ -17,7 +17,7 @@ from technician_ops.errors import Diagnostic, RunbookError
 from technician_ops.project import Project
 from technician_ops.runbook.model import Runbook, Step
 from technician_ops.runbook.params import bind
-from technician_ops.steps.base import CompileContext, StepKind, standard_play, uses_facts
+from technician_ops.steps.base import CompileContext, StepKind, standard_play, stop_play, uses_facts
 
 UNDO_TASK_TIMEOUT = 600  # seconds per undo task unless the step sets timeout=
 MAX_FORKS = 50
@@ -76,9 +76,14 @@ class Plan:
             plays.extend(ps.kind.plays(ps.step, self.context("run", ps.hosts)))
         return plays
 
-    def rollback_playbook(self, completed: list[tuple[PlanStep, list[str]]]) -> list[dict[str, Any]]:
-        """Undo plays for ``completed`` (step, hosts it ran on), in reverse order."""
-        plays: list[dict[str, Any]] = []
+    def rollback_playbook(self, completed: list[tuple[PlanStep, list[str]]],
+                          stopped_hosts: list[str] | None = None) -> list[dict[str, Any]]:
+        """Undo plays for ``completed`` (step, hosts it ran on), in reverse order.
+
+        ``stopped_hosts``: hosts where a task was in flight when the run was stopped; what it left
+        running there is killed first (``steps.base.stop_play``).
+        """
+        plays: list[dict[str, Any]] = [stop_play(stopped_hosts, self.run_id)] if stopped_hosts else []
         for ps, hosts in reversed(completed):
             ctx = self.context("rollback", hosts)
             if ps.undo is not None:

@@ -242,6 +242,9 @@ def standard_play(kind: StepKind, step: Step, ctx: CompileContext, tasks: list[d
         if "become_user" in attrs:
             play["become_user"] = attrs["become_user"]
     play["vars_files"] = ["params.yml"]
+    # Every process a task starts on a host carries the run and phase in its environment, so what a
+    # stopped run left running there can be found and killed before its undo (``stop_play``).
+    play["environment"] = {RUN_MARKER: run_marker(ctx.extra.get("run_id", "compiled"), ctx.phase)}
     secret_vars = _secret_vars(step, ctx)
     if secret_vars:
         # Pipelining keeps module arguments (which may now hold a secret) off
@@ -259,6 +262,36 @@ def standard_play(kind: StepKind, step: Step, ctx: CompileContext, tasks: list[d
         block["ignore_errors"] = True
     play["tasks"] = [block]
     return play
+
+
+RUN_MARKER = "TECHNICIAN_OPS_RUN"
+
+
+def run_marker(run_id: str, phase: str) -> str:
+    return f"{run_id}:{phase}"
+
+
+# Kills every process on the host whose environment carries the marker (argument 1), but itself.
+_STOP_SCRIPT = r"""marker="$1"
+for env in /proc/[0-9]*/environ; do
+  pid=${env#/proc/}; pid=${pid%/environ}
+  [ "$pid" = "$$" ] && continue
+  if tr '\0' '\n' < "$env" 2>/dev/null | grep -qxF "$marker"; then kill -KILL "$pid" 2>/dev/null; fi
+done
+exit 0
+"""
+
+
+def stop_play(hosts: list[str], run_id: str) -> dict[str, Any]:
+    """A play that kills what a stopped run's tasks left running on ``hosts`` (an SSH host's sshd does not
+    signal a command whose connection went away), run before their undo."""
+    from technician_ops.runbook.yamlio import Unsafe
+
+    return {"name": "stop:leftovers", "hosts": ",".join(hosts), "gather_facts": False, "ignore_unreachable": True,
+            "tasks": [{"name": "stop what the stopped run left running", "timeout": 60,
+                       "ansible.builtin.command": {"argv": ["/bin/sh", "-c", Unsafe(_STOP_SCRIPT), "stop",
+                                                            f"{RUN_MARKER}={run_marker(run_id, 'run')}"]},
+                       "changed_when": False, "ignore_errors": True}]}
 
 
 def _mentions(text: str, name: str) -> bool:

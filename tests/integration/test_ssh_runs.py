@@ -40,6 +40,7 @@ def ssh_project(tmp_path: Path, testbed_faults):  # type: ignore[no-untyped-def]
     yield root
     for host in testbed_faults.hosts:
         shutil.rmtree(testbed_faults.private_dir(host, "/srv") / "technician-ops-test", ignore_errors=True)
+        (testbed_faults.private_dir(host, "/srv") / "technician-ops-test-finished").unlink(missing_ok=True)
 
 
 def marker(testbed, host) -> Path:  # type: ignore[no-untyped-def]
@@ -142,7 +143,70 @@ hosts: all
 ```
 """)
     result = go(ssh_project, "rolling")
-    assert result.outcome is Outcome.FAILED and result.failed_step == "roll"
-    assert marker(testbed_faults, hosts[0]).exists()  # first batch ran
-    assert marker(testbed_faults, hosts[1]).exists()  # the failed batch
+    assert result.outcome is Outcome.ROLLED_BACK and result.failed_step == "roll"
+    assert not marker(testbed_faults, hosts[0]).exists()  # the first batch ran and changed: undone
+    assert not marker(testbed_faults, hosts[1]).exists()  # the failed batch changed before failing: undone
     assert not marker(testbed_faults, hosts[2]).exists()  # never started
+    assert result.rollback["steps"] == ["roll"]  # one undo of the step, on both batches' hosts
+
+
+SLOW_SSH = f"""---
+hosts: all
+---
+
+```yaml {{name=write}}
+- ansible.builtin.file: {{path: {MARKER}, state: directory, mode: "0755"}}
+- ansible.builtin.copy: {{dest: {MARKER}/owner, content: "{{{{ inventory_hostname }}}}\\n"}}
+```
+
+```yaml {{rollback=write}}
+- ansible.builtin.file: {{path: {MARKER}, state: absent}}
+```
+
+```yaml {{name=slow}}
+- ansible.builtin.shell: |
+    touch {MARKER}/started
+    trap '' TERM HUP
+    sleep 8
+    touch {MARKER}-finished
+```
+
+```yaml {{rollback=slow}}
+- ansible.builtin.file: {{path: {MARKER}/started, state: absent}}
+```
+
+```yaml {{name=third}}
+- ansible.builtin.copy: {{dest: {MARKER}/third, content: "3\\n"}}
+```
+
+```yaml {{rollback=third}}
+- ansible.builtin.file: {{path: {MARKER}/third, state: absent}}
+```
+"""
+
+
+def test_sigterm_over_ssh_stops_the_remote_task_before_the_undo(ssh_project, testbed_faults) -> None:  # type: ignore[no-untyped-def]
+    """sshd does not signal a command whose connection went away: the leftovers are killed by their
+    run marker on each host before the undo, so nothing of the stopped step completes afterwards."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (ssh_project / "runbooks" / "slow.md").write_text(SLOW_SSH)
+    proc = subprocess.Popen([sys.executable, "-m", "technician_ops.cli", "--project", str(ssh_project), "run", "slow"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = {h.name: testbed_faults.private_dir(h, "/srv") / "technician-ops-test" for h in testbed_faults.hosts}
+    deadline = time.monotonic() + 90
+    while not all((d / "started").exists() for d in base.values()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    time.sleep(10)  # longer than the step's sleep
+    for name, d in base.items():
+        finished = d.parent / "technician-ops-test-finished"  # outside what the undo removes
+        assert not finished.exists(), f"{name}: the stopped task completed after the stop"
+        assert not (d / "third").exists(), name
+        assert not d.exists(), f"{name}: write was not undone"
