@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from technician_ops.steps.backup.controller import BackupEntry
 
 __all__ = [
-    "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "audit_export", "audit_verify", "compile_runbook",
+    "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "audit_anchor", "audit_export", "audit_verify", "compile_runbook",
     "history", "lint", "list_backups", "list_runbooks", "load", "open_project", "recover_run", "rollback_run",
     "run", "run_command", "schedule", "schedule_export", "show",
 ]
@@ -45,18 +45,36 @@ def open_project(root: Path | str | None = None, **overrides: Any) -> Project:
 
 
 @contextmanager
-def _store(project: Project, audit: Any = None) -> Iterator[Any]:
-    """``audit`` when given, else the project's own store, opened for the call and closed after it."""
+def _store(project: Project, audit: Any = None, *, reading: bool = False) -> Iterator[Any]:
+    """``audit`` when given, else the project's own store, opened for the call and closed after it.
+
+    A database error the store did not name (a deleted WAL, a full disk) becomes an ``AuditError``:
+    it is the store's trouble, not a bug of ours.
+    """
     if audit is not None:
         yield audit
         return
     from technician_ops.audit import open_store
+    from technician_ops.errors import AuditError
 
-    store = open_store(project.audit_url, project.root)
+    store = open_store(project.audit_url, project.root, reading=reading)
     try:
         yield store
+    except (TechnicianOpsError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if not _database_error(exc):
+            raise
+        raise AuditError(f"the audit store {store.location} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                         hint="check its disk and files; 'technician-ops audit verify' says whether it is intact") from exc
     finally:
         store.close()
+
+
+def _database_error(exc: BaseException) -> bool:
+    import sqlite3
+
+    return isinstance(exc, (sqlite3.Error, OSError)) or type(exc).__module__.startswith("psycopg")
 
 
 # -- runbooks -------------------------------------------------------------------------------
@@ -102,7 +120,7 @@ def show(name: str, project: Project) -> Shown:
     except NotFound:
         if not (len(name) >= 6 and all(c in "0123456789abcdef-" for c in name.lower())):
             raise
-    with _store(project) as store:
+    with _store(project, reading=True) as store:
         return Shown(record=store.get(name))
 
 
@@ -213,25 +231,89 @@ def history(project: Project, runbook: str | None = None, *, limit: int = 20, ou
     """Recent runs, newest first; a naive ``since`` is UTC."""
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=dt.timezone.utc)
-    with _store(project) as store:
+    with _store(project, reading=True) as store:
         return list(store.history(runbook, limit=limit, outcome=outcome, since=since))
 
 
-def audit_verify(project: Project) -> VerifyResult:
-    """Check the hash chain; raises ``AuditTampered`` (exit 65) naming the first bad record."""
+def audit_verify(project: Project, *, anchor: Path | None = None) -> VerifyResult:
+    """Check the hash chain; raises ``AuditTampered`` (exit 65) naming the first bad record.
+
+    ``anchor``: a file ``audit anchor`` wrote earlier; the chain must still hold the record it names,
+    unchanged, so deleting the newest records (and moving the head back) or erasing the store is caught.
+    """
     from technician_ops.errors import AuditTampered
 
-    with _store(project) as store:
+    with _store(project, reading=True) as store:
         result = store.verify()
+        if result.ok and anchor is not None:
+            _check_anchor(store, _read_anchor(anchor), anchor)
     if not result.ok:
         raise AuditTampered(f"audit log is NOT intact: record seq {result.first_bad_seq} (run {result.first_bad_run_id}): "
                             f"{result.reason}; {result.checked} record(s) checked")
     return result
 
 
+ANCHOR_FORMAT = "technician-ops-audit-anchor/1"
+
+
+def audit_anchor(project: Project, out: Path) -> dict[str, Any]:
+    """Write the chain head (seq, hash, run id) to ``out``: the witness a later ``audit verify --anchor`` needs.
+
+    Keep it where whoever could rewrite the store cannot: another machine, a git note, a ticket.
+    """
+    import json
+
+    from technician_ops.fsutil import atomic_write, regular_file_or_absent
+
+    with _store(project, reading=True) as store:
+        seq, digest, run_id = store.head()
+        location = store.location
+    anchor = {"format": ANCHOR_FORMAT, "store": location, "seq": seq, "hash": digest, "run_id": run_id,
+              "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    problem = regular_file_or_absent(out)
+    if problem:
+        from technician_ops.errors import UsageError
+
+        raise UsageError(f"not writing the anchor: {problem}")
+    atomic_write(out, (json.dumps(anchor, indent=2) + "\n").encode(), mode=0o644)
+    return anchor
+
+
+def _read_anchor(path: Path) -> dict[str, Any]:
+    import json
+
+    from technician_ops.errors import UsageError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the anchor {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != ANCHOR_FORMAT or not isinstance(data.get("seq"), int):
+        raise UsageError(f"{path} is not an anchor written by 'technician-ops audit anchor'")
+    return data
+
+
+def _check_anchor(store: Any, anchor: dict[str, Any], path: Path) -> None:
+    from technician_ops.errors import AuditTampered
+
+    seq, digest = int(anchor["seq"]), str(anchor.get("hash"))
+    head_seq = store.head()[0]
+    if head_seq < seq:
+        raise AuditTampered(f"audit log is NOT intact: the anchor {path} was taken at record seq {seq}, the chain "
+                            f"now ends at seq {head_seq}: records after {head_seq} were deleted")
+    if seq == 0:
+        return
+    sealed = store.sealed(seq)
+    if sealed is None or sealed[0] != digest:
+        raise AuditTampered(f"audit log is NOT intact: the anchor {path} names record seq {seq} with hash "
+                            f"{digest[:16]}..., the chain holds "
+                            + ("no such record" if sealed is None else f"hash {sealed[0][:16]}... there")
+                            + ": records were deleted or rewritten since the anchor")
+
+
 def audit_export(project: Project, out: TextIO) -> int:
     """Every finished record in chain order, one canonical JSON object per line; returns how many."""
-    with _store(project) as store:
+    with _store(project, reading=True) as store:
         return int(store.export_jsonl(out))
 
 

@@ -272,14 +272,33 @@ def audit_group() -> None:
 
 
 @audit_group.command("verify")
+@click.option("--anchor", type=click.Path(dir_okay=False, exists=True), help="An anchor file from 'audit anchor': "
+              "the chain must still hold the record it names (catches deleted newest records, an erased store).")
 @click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
 @click.pass_context
-def audit_verify_cmd(ctx: click.Context, audit_url: str | None) -> None:
+def audit_verify_cmd(ctx: click.Context, anchor: str | None, audit_url: str | None) -> None:
     """Check the hash chain; report the first edited, deleted, inserted or reordered record."""
+    from pathlib import Path
+
     from technician_ops.api import audit_verify
 
-    result = audit_verify(_project(ctx, audit_url=audit_url))
-    click.echo(f"audit log intact: {result.checked} record(s) verified")
+    result = audit_verify(_project(ctx, audit_url=audit_url), anchor=Path(anchor) if anchor else None)
+    click.echo(f"audit log intact: {result.checked} record(s) verified" + (f", anchor {anchor} held" if anchor else ""))
+
+
+@audit_group.command("anchor")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the anchor (keep it where the store's writers cannot change it).")
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.pass_context
+def audit_anchor_cmd(ctx: click.Context, out: str, audit_url: str | None) -> None:
+    """Write the chain head (seq, hash) to a file: a witness for 'audit verify --anchor'."""
+    from pathlib import Path
+
+    from technician_ops.api import audit_anchor
+
+    anchor = audit_anchor(_project(ctx, audit_url=audit_url), Path(out))
+    click.echo(f"anchor written to {out}: record seq {anchor['seq']}, hash {anchor['hash'][:16]}...")
 
 
 @audit_group.command("export")
@@ -400,20 +419,34 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(int(ExitCode.INTERRUPTED))
     except Exception:
-        log = _debug_log()
+        log = _debug_log(argv)
         click.echo(f"internal error: this is a bug in technician-ops; the traceback is in {log}", err=True)
         sys.exit(int(ExitCode.SOFTWARE))
 
 
-def _debug_log() -> Path:
-    import tempfile
+def _debug_log(argv: list[str] | None = None) -> Path:
+    """Append the traceback to ``debug.log`` in the project's state dir (0600, never through a symlink).
+
+    The state dir is TECHNICIAN_OPS_STATE_DIR, else ``.technician-ops`` of the project (``--project``,
+    else the nearest parent of the working directory with runbooks/), else ~/.cache/technician-ops.
+    """
     import traceback
     from pathlib import Path
 
-    directory = Path(os.environ.get("TECHNICIAN_OPS_STATE_DIR") or tempfile.gettempdir())
-    path = directory / "technician-ops-debug.log"
+    args = list(sys.argv[1:] if argv is None else argv)
+    root = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--project"), None)
+    root = root or os.environ.get("TECHNICIAN_OPS_PROJECT")
+    if os.environ.get("TECHNICIAN_OPS_STATE_DIR"):
+        directory = Path(os.environ["TECHNICIAN_OPS_STATE_DIR"])
+    else:
+        start = Path(root).resolve() if root else Path.cwd()
+        found = next((d for d in (start, *start.parents) if (d / "runbooks").is_dir()), None)
+        directory = found / ".technician-ops" if found else Path.home() / ".cache" / "technician-ops"
+    path = directory / "debug.log"
     try:
-        with open(path, "a") as fh:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "a") as fh:
             traceback.print_exc(file=fh)
     except OSError:
         traceback.print_exc()

@@ -146,3 +146,26 @@ class ScheduleError(TechnicianOpsError):
     """A schedule cannot be exported (required parameters, an unconvertible expression)."""
 
     exit_code = ExitCode.DATAERR
+
+
+class StorageError(TechnicianOpsError):
+    """A file technician-ops must write cannot be: the disk is full (75, retry later) or it is not
+    writable (78, fix the configuration)."""
+
+    exit_code = ExitCode.CONFIG
+
+    @classmethod
+    def from_os(cls, exc: OSError, doing: str) -> StorageError:
+        import errno
+
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        error = cls(f"cannot {doing}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""),
+                    hint="free space on the state dir's disk and retry" if full else "check the state dir's permissions")
+        error.exit_code = ExitCode.TEMPFAIL if full else ExitCode.CONFIG
+        return error
+
+
+class AuditUnavailable(AuditError):
+    """The audit store does not answer (PostgreSQL down or unreachable): nothing ran; retry later."""
+
+    exit_code = ExitCode.TEMPFAIL

@@ -26,3 +26,24 @@ def atomic_write(target: Path, data: bytes, *, mode: int = 0o600, fsync: bool = 
             pass
         raise
     return target
+
+
+def regular_file_or_absent(target: Path) -> str | None:
+    """Why an output must not be written at ``target`` (a symlink, a device, a FIFO, a directory), or None.
+
+    A report path given on the command line replaces whatever is there; it must only ever replace a
+    regular file, never follow a link planted there or clobber a device.
+    """
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{target}: {exc.strerror}"
+    import stat
+
+    if stat.S_ISLNK(st.st_mode):
+        return f"{target} is a symbolic link: not followed"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{target} is not a regular file"
+    return None

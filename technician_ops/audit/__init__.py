@@ -8,6 +8,7 @@ already redacted.
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 from technician_ops.errors import AuditError
@@ -27,23 +28,25 @@ def default_path(project_root: pathlib.Path) -> pathlib.Path:
     return pathlib.Path(project_root) / DEFAULT_DIR / DEFAULT_FILE
 
 
-def open_store(url: str | None, project_root: pathlib.Path) -> AuditStore:
+def open_store(url: str | None, project_root: pathlib.Path, *, reading: bool = False) -> AuditStore:
     """Open (creating if needed) the audit store, then reap runs whose writer died.
 
     ``None``/``''``: SQLite at ``<project_root>/.technician-ops/audit.db``;
     ``sqlite:///abs/path.db``: SQLite there; ``postgresql://...``: PostgreSQL.
+    ``reading``: a command that only reads (history, show, verify, export) also works on an SQLite
+    store this process cannot write: it is opened read-only, and nothing is reaped.
     """
     from technician_ops.audit.sqlite import SqliteStore
 
     store: AuditStore
     if not url:
-        store = SqliteStore(default_path(project_root), private_dir=True)
+        store = _sqlite(default_path(project_root), True, reading)
     elif url.startswith("sqlite://"):
         raw = url[len("sqlite://"):]
         if not raw.startswith("/"):
             raise AuditError(f"audit URL {url!r} must name an absolute path: sqlite:///abs/path/audit.db")
         path = pathlib.Path(raw)
-        store = SqliteStore(path, private_dir=not path.parent.exists())
+        store = _sqlite(path, not path.parent.exists(), reading)
     elif url.startswith(("postgresql://", "postgres://")):
         from technician_ops.audit.postgres import PostgresStore
 
@@ -52,9 +55,30 @@ def open_store(url: str | None, project_root: pathlib.Path) -> AuditStore:
         scheme = url.split(":", 1)[0] if ":" in url else url
         raise AuditError(f"unsupported audit store URL scheme {scheme!r}",
                          hint="use sqlite:///abs/path.db or postgresql://user@host/db (or leave it unset)")
+    if getattr(store, "read_only", False):
+        return store
     try:
         store.reap_stale()
     except BaseException:
         store.close()
         raise
     return store
+
+
+def _sqlite(path: pathlib.Path, private_dir: bool, reading: bool) -> AuditStore:
+    from technician_ops.audit.sqlite import SqliteStore
+
+    try:
+        return SqliteStore(path, private_dir=private_dir)
+    except AuditError:
+        if not reading or not path.is_file() or (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+                                                  and not _read_only_fs(path)):
+            raise
+    return SqliteStore(path, read_only=True)
+
+
+def _read_only_fs(path: pathlib.Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

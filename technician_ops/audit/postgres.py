@@ -14,7 +14,7 @@ import re
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from technician_ops.errors import AuditError
+from technician_ops.errors import AuditError, AuditUnavailable
 
 from technician_ops.audit.store import AuditStore
 
@@ -28,6 +28,16 @@ _cursor_ids = itertools.count()
 def redact_url(url: str) -> str:
     """The URL without its password, for messages and ``location``."""
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+_REFUSALS = ("password authentication failed", "authentication failed", "does not exist", "no pg_hba.conf entry",
+             "permission denied", "invalid", "sslmode")
+
+
+def _refused_us(message: str) -> bool:
+    """Whether PostgreSQL answered and refused these credentials (as opposed to not answering)."""
+    low = message.lower()
+    return any(word in low for word in _REFUSALS)
 
 
 class PostgresStore(AuditStore):
@@ -50,8 +60,12 @@ class PostgresStore(AuditStore):
             # psycopg messages can echo connection parameters: keep only the first line,
             # and never the URL itself (it may hold a password).
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise AuditError(f"cannot connect to the audit store {self.location}: {first}",
-                             hint="is PostgreSQL up and the URL right?") from None
+            if _refused_us(first):  # a wrong password, role or database: fix the configuration (78)
+                raise AuditError(f"cannot connect to the audit store {self.location}: {first}",
+                                 hint="check the URL's user, password and database") from None
+            # down, unreachable, starting up, too many clients: retry later (75)
+            raise AuditUnavailable(f"cannot connect to the audit store {self.location}: {first}",
+                                        hint="is PostgreSQL up? nothing ran; retry when it answers") from None
         try:
             self._init_schema()
         except psycopg.Error as exc:
@@ -73,6 +87,10 @@ class PostgresStore(AuditStore):
         return (f"SELECT seq, run_id, prev_hash, hash, record, runbook, outcome, started_at, ended_at, "
                 f"check_run, {extracted} FROM (SELECT *, record::jsonb AS j FROM runs "
                 "WHERE seq IS NOT NULL) AS chained ORDER BY seq")
+
+    def _json_sql(self, *keys: str) -> str:
+        path = "".join(f" -> '{k}'" for k in keys[:-1])
+        return f"(record::jsonb{path} ->> '{keys[-1]}')"
 
     @staticmethod
     def _sql(sql: str) -> str:

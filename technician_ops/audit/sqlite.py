@@ -18,7 +18,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from technician_ops.errors import AuditError
+from technician_ops.errors import AuditError, AuditTampered
 
 from technician_ops.audit.store import AuditStore, BackgroundQuery
 
@@ -100,10 +100,21 @@ class _BackgroundQuery:
 class SqliteStore(AuditStore):
     """Audit store in one SQLite file.  Many processes may share it."""
 
-    def __init__(self, path: pathlib.Path, *, private_dir: bool = True) -> None:
+    def __init__(self, path: pathlib.Path, *, private_dir: bool = True, read_only: bool = False) -> None:
         super().__init__()
         self.path = pathlib.Path(path)
         self.location = str(self.path)
+        self.read_only = read_only
+        if read_only:
+            self._open_read_only()
+            return
+        try:
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                raise AuditTampered(f"audit store {self.path} is 0 bytes: every record was erased",
+                                    hint="restore it from a backup or an export; 'audit verify --anchor' names "
+                                         "the last record it must hold")
+        except OSError:
+            pass
         try:
             if private_dir:
                 _private_dir(self.path.parent)
@@ -130,6 +141,26 @@ class SqliteStore(AuditStore):
         except BaseException:
             self._conn.close()
             raise
+
+    def _open_read_only(self) -> None:
+        """For reading a store this process may not write (a read-only file, directory or file system):
+        ``history``, ``show``, ``verify`` and ``export`` work; nothing is created, reaped or changed."""
+        if not self.path.is_file():
+            raise AuditError(f"cannot open audit store {self.path}: no such file")
+        uri = self.path.resolve().as_uri()
+        last: Exception | None = None
+        for mode in ("mode=ro", "mode=ro&immutable=1"):  # immutable: no -shm could be made beside it
+            try:
+                self._conn = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                             check_same_thread=False)
+                self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+                self._check_schema_version()
+                return
+            except sqlite3.Error as exc:
+                last = exc
+                self._conn.close()
+        raise AuditError(f"cannot read audit store {self.path}: {last}",
+                         hint="check the path and its permissions") from last
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self._conn.execute(sql, tuple(params)).rowcount

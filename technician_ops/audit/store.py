@@ -181,6 +181,7 @@ class AuditStore(abc.ABC):
         self._lock = threading.RLock()
         self._next_n: dict[str, int] = {}
         self._host = this_host()
+        self.unreapable: list[str] = []  # stale runs whose record could not be finished (reap_stale skipped them)
 
     # --- backend hooks ---------------------------------------------------------------
     @abc.abstractmethod
@@ -218,16 +219,16 @@ class AuditStore(abc.ABC):
 
     _head_lock_suffix = ""  # PostgreSQL: " FOR UPDATE"
 
+    def _json_sql(self, *keys: str) -> str:
+        """SQL for the text at ``keys`` inside the ``record`` column's JSON (SQLite's dialect)."""
+        return f"json_extract(record, '$.{'.'.join(keys)}')"
+
     # --- schema ----------------------------------------------------------------------
     def _init_schema(self) -> None:
         with self._write_tx():
             for ddl in SCHEMA:
                 self._execute(ddl)
-            rows = self._fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
-            if rows and int(rows[0][0]) > SCHEMA_VERSION:
-                raise AuditError(
-                    f"audit store {self.location} has schema version {rows[0][0]}, newer than this "
-                    f"technician-ops understands ({SCHEMA_VERSION})", hint="upgrade technician-ops")
+            rows = self._check_schema_version()
             if not rows:
                 self._execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             if not self._fetchall("SELECT 1 FROM chain_head WHERE id = 1"):
@@ -236,6 +237,20 @@ class AuditStore(abc.ABC):
                 if not self._fetchall("SELECT 1 FROM runs WHERE seq IS NOT NULL LIMIT 1"):
                     self._execute("INSERT INTO chain_head (id, seq, hash, run_id) VALUES (1, 0, ?, NULL)",
                                   (GENESIS,))
+
+    def _check_schema_version(self) -> list[tuple[Any, ...]]:
+        rows = self._fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
+        if not rows:
+            return rows
+        text = str(rows[0][0])
+        if not text.isdigit():  # edited by hand: say so, never crash on it
+            raise AuditTampered(f"audit store {self.location} has schema version {text[:40]!r}, which is not a "
+                                "version: the store was edited", hint="restore it from a backup or an export")
+        if int(text) > SCHEMA_VERSION:
+            raise AuditError(
+                f"audit store {self.location} has schema version {text}, newer than this "
+                f"technician-ops understands ({SCHEMA_VERSION})", hint="upgrade technician-ops")
+        return rows
 
     # --- writing ---------------------------------------------------------------------
     def start_run(self, header: dict[str, Any]) -> None:
@@ -361,7 +376,11 @@ class AuditStore(abc.ABC):
                     if not head:
                         raise AuditTampered(f"audit store {self.location} has no chain head row: it was "
                                             "tampered with; run 'technician-ops audit verify'")
-                    record = fold(json.loads(header_text), self._events(run_id))
+                    events = self._events(run_id)
+                    record = fold(json.loads(header_text), events)
+                    # The events are folded into the record: their digest goes in with it, and the
+                    # rows go, so no row outside the hash chain is left for a command to show.
+                    record["events_sha256"] = events_digest(events)
                     if reaped:
                         ran_to_end = record["outcome"] in FINAL_OUTCOMES
                         outcome = record["outcome"] if ran_to_end else Outcome.INTERRUPTED.value
@@ -377,6 +396,7 @@ class AuditStore(abc.ABC):
                                   (record["outcome"], record["ended_at"], new_seq, head[0][1], new_hash, body, run_id))
                     self._execute("UPDATE chain_head SET seq = ?, hash = ?, run_id = ? WHERE id = 1",
                                   (new_seq, new_hash, run_id))
+                    self._execute("DELETE FROM events WHERE run_id = ?", (run_id,))
             except (NotFound, AuditError, AuditTampered):
                 raise
             except Exception as exc:
@@ -402,7 +422,13 @@ class AuditStore(abc.ABC):
             if pid_alive(int(pid), identity):
                 continue
             reason = f"writer process {pid} on {self._host} died without finishing the record"
-            rec = self._finalize(run_id, None, None, reason, reaped=True)
+            try:
+                rec = self._finalize(run_id, None, None, reason, reaped=True)
+            except (AuditTampered, NotFound):
+                raise
+            except Exception:  # noqa: BLE001 - one unreadable record must not make the store unusable
+                self.unreapable.append(run_id)  # left 'running'; 'audit verify' and 'show' still name it
+                continue
             if rec:
                 reaped.append(run_id)
         return reaped
@@ -448,7 +474,11 @@ class AuditStore(abc.ABC):
         if since is not None:
             where.append("started_at >= ?")
             params.append(iso_utc(since))
-        sql = f"SELECT {_SUMMARY_COLS} FROM runs"
+        # Once a run is sealed, who ran it and from where come from its hashed record, not from the
+        # columns beside it (verify does not cover those): an edited column cannot forge history.
+        user, origin = self._json_sql("operator", "user"), self._json_sql("origin", "type")
+        sql = (f"SELECT run_id, runbook, outcome, started_at, ended_at, CASE WHEN seq IS NULL THEN user_name "
+               f"ELSE {user} END, CASE WHEN seq IS NULL THEN origin_type ELSE {origin} END, check_run, seq FROM runs")
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started_at DESC, run_id DESC LIMIT ?"
@@ -457,6 +487,20 @@ class AuditStore(abc.ABC):
             rows = self._fetchall(sql, params)
         return [{"run_id": r[0], "runbook": r[1], "outcome": r[2], "started_at": r[3], "ended_at": r[4],
                  "user": r[5], "origin": r[6], "check": bool(r[7]), "seq": r[8]} for r in rows]
+
+    def head(self) -> tuple[int, str, str | None]:
+        """The chain head: (seq, hash, run id) of the newest sealed record (0, GENESIS, None when empty)."""
+        with self._lock:
+            rows = self._fetchall("SELECT seq, hash, run_id FROM chain_head WHERE id = 1")
+        if not rows:
+            raise AuditTampered(f"audit store {self.location} has no chain head row: it was tampered with")
+        return int(rows[0][0]), str(rows[0][1]), rows[0][2]
+
+    def sealed(self, seq: int) -> tuple[str, str] | None:
+        """(hash, run id) of the record sealed at ``seq``, or None."""
+        with self._lock:
+            rows = self._fetchall("SELECT hash, run_id FROM runs WHERE seq = ?", (int(seq),))
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
     def verify(self) -> "VerifyResult":
         """Walk the whole chain once; report the first edited/deleted/inserted/reordered record."""
@@ -492,6 +536,14 @@ class AuditStore(abc.ABC):
             if stray:
                 return VerifyResult(False, walker.checked, stray[0][0], None,
                                     "a finished record is outside the chain (its seq was removed)")
+            # A sealed run's events were folded into its hashed record and deleted with the seal
+            # (``_finalize``): any row left for one was put there afterwards.
+            planted = self._fetchall("SELECT e.run_id, r.seq FROM events e JOIN runs r ON r.run_id = e.run_id "
+                                     "WHERE r.seq IS NOT NULL ORDER BY r.seq LIMIT 1")
+            if planted:
+                return VerifyResult(False, walker.checked, planted[0][0], int(planted[0][1]),
+                                    "the events table holds rows for this sealed run: they were added after its "
+                                    "record was hashed")
             return finish_walk(walker, head)
 
     def _walk(self, walker: ChainWalker, fast: bool) -> ChainBreak | None:
@@ -587,6 +639,16 @@ class AuditStore(abc.ABC):
 
     def _wrap(self, exc: BaseException, doing: str) -> AuditError:
         return AuditError(f"audit store {self.location}: cannot {doing}: {exc}")
+
+
+def events_digest(events: Sequence[tuple[str, dict[str, Any], float]]) -> str:
+    """sha256 over the canonical JSON of a run's events, in order: what the sealed record was folded from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for kind, data, ts in events:
+        digest.update(canonical_json([kind, data, ts]).encode("utf-8") + b"\n")
+    return digest.hexdigest()
 
 
 def _as_bool(value: Any) -> Any:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from technician_ops.engine import environ
 from technician_ops.engine.redact import Redactor
 from technician_ops.events import Bus, Kind
 from technician_ops.state import HostStatus, StepState
@@ -176,8 +177,6 @@ def execute(
     ``lock_fd`` is held by the supervisor too, so the run's lock outlives a
     technician-ops killed outright until the execution is gone.
     """
-    import ansible_runner
-
     from technician_ops.engine.runner_pty import Supervision, spawn_without_close_delay, supervise
 
     spawn_without_close_delay()
@@ -195,7 +194,9 @@ def execute(
     supervise(supervision)
     stopper.start()
     try:
-        runner = ansible_runner.run(
+        from ansible_runner.interface import init_runner
+
+        runner = init_runner(
             private_data_dir=str(private_data_dir),
             playbook=str(playbook),
             ident=ident,
@@ -214,6 +215,9 @@ def execute(
             # facts are cached across runs under the state dir (files.ansible_cfg).
             fact_cache_type="none",
         )
+        # What the execution (and ansible-runner's artifacts/<ident>/command) gets: no credentials.
+        runner.config.env, _ = environ.split(runner.config.env, env)
+        runner.run()
     except BaseException:  # a second Ctrl-C, a crash of ours: stop the execution before anything else
         stopper.stop_now("interrupted")
         raise

@@ -87,3 +87,14 @@ def user() -> str:
     from technician_ops.engine.origin import operator
 
     return str(operator()["user"])
+
+
+class Environ:
+    """The credentials withheld from the execution's environment (``engine/environ.py``), for our own
+    controller plugins only: they ask with the run's control token."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+
+    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "values": dict(self.values)}

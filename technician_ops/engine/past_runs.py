@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from technician_ops.engine import saga
+from technician_ops.engine.executor import STOP_GRACE
 from technician_ops.engine.request import Cancelled, RunResult, UndoRequest
 from technician_ops.engine.run import resolve_secrets
 from technician_ops.engine.session import Context, Session, Verdict, Work, header
@@ -91,7 +92,10 @@ def undo_past_run(request: UndoRequest, project: Project, bus: Bus, audit: Any,
             if not request.prompt(request.action, _describe(past, completed, notices)):
                 raise ApprovalMissing(f"{request.action} of run {record['run_id']} was not confirmed: nothing changed")
     targets = sorted({h for ps, hosts in completed if not ps.kind.controller for h in hosts})
-    work = Work(plan, head, body=partial(_undo, past, completed, stopped_hosts), targets=lambda _inventory: targets, started=started,
+    # A killed run's supervisor holds the lock until its last process is gone (engine/supervise.py):
+    # an undo started right after the kill waits for that rather than failing.
+    work = Work(plan, head, body=partial(_undo, past, completed, stopped_hosts), targets=lambda _inventory: targets,
+                started=started, lock_wait=STOP_GRACE + 10,
                 skip_preflight=request.skip_preflight or not targets, notices=notices)
     return session.run(work)
 

@@ -12,6 +12,16 @@ from pathlib import Path
 from typing import Any
 
 MASK = "********"
+# A secret shorter than this masks too much ordinary text to protect it: the run warns (``short``).
+MIN_LENGTH = 4
+# The tool's own structured fields: ids, times, states, counts.  Never rewritten: a one-character
+# secret ("0", "a") must not turn a run id or a timestamp into something the record cannot read back.
+STRUCTURAL = frozenset({
+    "v", "event", "run_id", "ts", "at", "started_at", "ended_at", "outcome", "status", "phase", "exit_code",
+    "duration", "changed", "changed_unknown", "approved", "check", "order", "seq", "type", "sha256", "size",
+    "kind", "by", "level", "rollback_of", "action", "version", "new_version", "old_version", "from_version",
+    "rollback_version", "restored_version", "replaced_version", "current_version",
+})
 
 
 class Redactor:
@@ -34,13 +44,20 @@ class Redactor:
                 text = text.replace(value, MASK)
         return text
 
+    @property
+    def short(self) -> bool:
+        """Whether some secret is too short to mask meaningfully (see ``MIN_LENGTH``)."""
+        return any(len(v) < MIN_LENGTH for v in self._values)
+
     def obj(self, data: Any) -> Any:
+        """``data`` with every secret in its text masked; the tool's own fields (``STRUCTURAL``) kept."""
         if not self._values:
             return data
         if isinstance(data, str):
             return self.text(data)
         if isinstance(data, dict):
-            return {k: self.obj(v) for k, v in data.items()}
+            return {k: (v if k in STRUCTURAL and not isinstance(v, (dict, list)) else self.obj(v))
+                    for k, v in data.items()}
         if isinstance(data, (list, tuple)):
             return [self.obj(v) for v in data]
         return data

@@ -44,6 +44,7 @@ def run(request: RunRequest, project: Project, bus: Bus, audit: Any, cancelled: 
         approvals = Approvals(plan, request.approve, request.yes, request.prompt, bus)
         approvals.precheck()
         plan = resolve_secrets(plan, request.environ)
+        head["params"] = redacted_params(plan)  # again: a value may hold a secret resolved just now
         for kind, steps in kinds_of(plan).items():
             kind.before_run(steps, check=plan.check)
     work = Work(plan, head, body=_execute, targets=partial(target_hosts, plan), started=started,
@@ -123,4 +124,11 @@ def resolve_secrets(plan: Plan, environ: dict[str, str] | None) -> Plan:
 
 
 def redacted_params(plan: Plan) -> dict[str, Any]:
-    return {k: ("********" if k in plan.secret_names and v is not None else v) for k, v in plan.params.items()}
+    """The parameters as the record keeps them: secrets masked, and so is a secret's value pasted into
+    a public parameter (a DSN with the password in it)."""
+    from technician_ops.engine.redact import MASK, Redactor
+
+    declared = plan.runbook.secret_names()
+    masked = {k: (MASK if k in declared and v is not None else v) for k, v in plan.params.items()}
+    secrets = [str(v) for k, v in plan.params.items() if k in declared and v is not None]
+    return dict(Redactor(secrets).obj(masked))

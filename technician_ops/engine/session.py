@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from technician_ops.engine.control import ENV_RUN_ID, ENV_STATE_DIR, ControlServer, Handler
-from technician_ops.engine.handlers import Emitter, Secrets
-from technician_ops.engine.redact import Redactor
+from technician_ops.engine import environ
+from technician_ops.engine.handlers import Emitter, Environ, Secrets
+from technician_ops.engine.redact import MIN_LENGTH, Redactor
 from technician_ops.engine.request import EXIT_FOR_OUTCOME, Cancelled, RunResult, utc_now
-from technician_ops.errors import ConfigError, ExitCode, TechnicianOpsError
+from technician_ops.errors import ConfigError, ExitCode, StorageError, TechnicianOpsError
 from technician_ops.events import Bus, Kind
 from technician_ops.outcomes import Outcome
 from technician_ops.plan.compiler import Plan, default_forks
@@ -108,10 +109,21 @@ class Session:
         """A ``TechnicianOpsError`` raised inside leaves a ``refused`` record: nothing ran."""
         try:
             yield
+        except OSError as exc:  # the state dir cannot be written (full, read-only): say so, never crash
+            error = StorageError.from_os(exc, "prepare the run's files")
+            self._record_refusal(head, why, error)
+            raise error from exc
         except TechnicianOpsError as exc:
-            if self.audit is not None:
-                self.audit.record_skipped(head, f"{why}: {exc.message}", outcome="refused")
+            self._record_refusal(head, why, exc)
             raise
+
+    def _record_refusal(self, head: dict[str, Any], why: str, exc: TechnicianOpsError) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.record_skipped(head, f"{why}: {exc.message}", outcome="refused")
+        except TechnicianOpsError as failed:  # e.g. the same full disk: the refusal itself still shows
+            exc.hint = f"{exc.hint + '; ' if exc.hint else ''}the refusal could not be recorded: {failed.message}"
 
     def run(self, work: Work) -> RunResult:
         from technician_ops.engine.lock import RunLock
@@ -130,9 +142,13 @@ class Session:
 
     def _locked(self, work: Work, lock_fd: int) -> RunResult:
         plan, project = work.plan, self.project
-        redactor = Redactor([str(v) for k, v in plan.params.items() if k in plan.secret_names and v is not None])
+        declared = plan.runbook.secret_names()
+        redactor = Redactor([str(v) for k, v in plan.params.items() if k in declared and v is not None])
         self.bus.redactor = redactor
         notices = list(work.notices)
+        if redactor.short:
+            notices.append(f"a secret value is shorter than {MIN_LENGTH} characters: it is masked wherever it appears "
+                           "in output and messages, which can hide ordinary text too; use a longer secret")
         with self.refusing(work.header, "refused before any change"):
             inventory = load_inventory(project)
             if work.check_inventory is not None:
@@ -163,7 +179,9 @@ class Session:
                 self.bus.emit(Kind.NOTICE, level="warning", message=notice)
             verdict = Verdict(Outcome.SUCCEEDED)
             try:
-                handlers: dict[str, Handler] = {"secret": Secrets(plan), "emit": Emitter(self.bus), **work.handlers}
+                withheld = environ.split(os.environ, {})[1]
+                handlers: dict[str, Handler] = {"secret": Secrets(plan), "emit": Emitter(self.bus),
+                                                "environ": Environ(withheld), **work.handlers}
                 with ControlServer(handlers) as control:
                     env = {**control.env, ENV_RUN_ID: plan.run_id, ENV_STATE_DIR: str(project.state_dir),
                            "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}
@@ -172,6 +190,9 @@ class Session:
                     verdict = work.body(ctx)
             except KeyboardInterrupt:
                 verdict = Verdict(Outcome.INTERRUPTED)
+            except OSError as exc:  # the state dir failed mid-run: what ran is not known to be undone
+                self.bus.emit(Kind.NOTICE, level="error", message=str(StorageError.from_os(exc, "write the run's files")))
+                verdict = Verdict(Outcome.ROLLBACK_FAILED)
             finally:
                 redactor.scrub_tree(pdd)
             if work.after_run and verdict.outcome in (Outcome.SUCCEEDED, Outcome.ROLLED_BACK, Outcome.FAILED) \

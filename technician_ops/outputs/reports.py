@@ -8,10 +8,12 @@ failures come back as warnings for the caller to show.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from technician_ops.errors import ExitCode, TechnicianOpsError
 from technician_ops.events import Event, Kind
+from technician_ops.fsutil import regular_file_or_absent
 
 
 class Reports:
@@ -37,7 +39,13 @@ class Reports:
         """Write every output for ``result`` (or the refusal ``error``); return the warnings."""
         warnings: list[str] = []
         if self.junit is not None and self.junit_path:
-            self.junit.write(self.junit_path)
+            problem = regular_file_or_absent(Path(self.junit_path))
+            try:
+                if problem:
+                    raise OSError(problem)
+                self.junit.write(self.junit_path)
+            except OSError as exc:
+                warnings.append(f"JUnit report not written: {exc.strerror or exc}")
         if self.metrics_path:
             from technician_ops.outputs.metrics import write_metrics
 
@@ -47,10 +55,15 @@ class Reports:
                 assert error is not None
                 outcome = "skipped" if error.exit_code == ExitCode.TEMPFAIL else "refused"
                 duration, code = 0.0, int(error.exit_code)
+            problem = regular_file_or_absent(Path(self.metrics_path))
             try:
+                if problem:
+                    raise OSError(problem)
                 write_metrics(self.metrics_path, self.runbook_name, outcome, duration, time.time(), code)
             except TechnicianOpsError as exc:
                 warnings.append(f"metrics not written: {exc.message}")
+            except OSError as exc:
+                warnings.append(f"metrics not written: {exc.strerror or exc}")
         if self.notify_url and result is not None:
             from technician_ops.outputs.notify import message_for, notify, should_notify
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from technician_ops import steps as kinds
-from technician_ops.errors import Diagnostic, RunbookError
+from technician_ops.errors import Diagnostic, ParameterError, RunbookError
 from technician_ops.project import Project
 from technician_ops.runbook.model import Runbook, Step
 from technician_ops.runbook.params import bind
 from technician_ops.steps.base import CompileContext, StepKind, standard_play, stop_play, uses_facts
 
+_TEMPLATE_CHARS = frozenset("{}%#")  # what a rendered host pattern may not hold
 UNDO_TASK_TIMEOUT = 600  # seconds per undo task unless the step sets timeout=
 MAX_FORKS = 50
 
@@ -55,7 +56,15 @@ class Plan:
 
     @property
     def secret_names(self) -> set[str]:
-        return self.runbook.secret_names()
+        """The secret parameters, and every public one whose value holds a secret's value (a DSN with the
+        password pasted in): those are handled as secrets too, never written to a file."""
+        declared = self.runbook.secret_names()
+        values = [str(v) for k, v in self.params.items() if k in declared and v is not None and str(v)]
+        if not values:
+            return declared
+        tainted = {k for k, v in self.params.items()
+                   if k not in declared and isinstance(v, str) and any(s in v for s in values)}
+        return declared | tainted
 
     @property
     def uses_facts(self) -> bool:
@@ -164,6 +173,11 @@ def build_plan(runbook: Runbook, project_root: Path, params: dict[str, Any], *, 
             hosts = render(pattern, public, step)
         except RunbookError as exc:
             raise RunbookError([Diagnostic(runbook.path, d.line, d.message) for d in exc.diagnostics]) from None
+        if pattern != hosts and set(hosts) & _TEMPLATE_CHARS:
+            # Ansible templates a play's hosts again: a value must not become a template there.
+            raise ParameterError(f"{runbook.path}:{step.line}: step {step.name!r}: hosts {pattern!r} renders to "
+                                 f"{hosts!r}, which holds template syntax: a parameter's value is a host "
+                                 "pattern, never a template")
         steps.append(PlanStep(step, kind, hosts, runbook.undos.get(step.name)))
     return Plan(runbook, project_root, params, tuple(steps), check, inventory, forks or os.cpu_count() or 2,
                 run_id=run_id, state_dir=state_dir or project_root / ".technician-ops")

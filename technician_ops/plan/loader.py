@@ -6,6 +6,7 @@ carrying all diagnostics; ``lint`` returns them (warnings too).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ COMMON_ATTRS = {
     "name", "kind", "hosts", "serial", "timeout", "when", "retries", "delay",
     "continue_on_error", "max_fail_percentage", "become", "become_user", "rollback", "facts", "undo",
 }
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -94,6 +96,27 @@ def load_runbook(path: Path, project_root: Path | None = None, *, strict: bool =
     return runbook
 
 
+MAX_RUNBOOK_BYTES = 4 * 1024 * 1024
+
+
+def _read_regular(path: Path) -> str:
+    """The runbook's text; a FIFO, a device or a directory is refused before it is opened for reading
+    (reading a FIFO would wait forever), and so is a file too large to be a runbook."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(0, "not a regular file")
+        if st.st_size > MAX_RUNBOOK_BYTES:
+            raise OSError(0, f"{st.st_size} bytes: larger than a runbook can be ({MAX_RUNBOOK_BYTES})")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read().decode("utf-8")
+    finally:
+        os.close(fd)
+
+
 def lint(path: Path, project_root: Path | None = None, *, strict: bool = False) -> list[Diagnostic]:
     return _load(path, project_root, strict=strict)[1]
 
@@ -103,9 +126,9 @@ def _load(path: Path, project_root: Path | None, *, strict: bool) -> tuple[Runbo
     shown = _display_path(path)
     out = _Collector(shown)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_regular(path)
     except (OSError, UnicodeDecodeError) as exc:
-        out.error(1, f"cannot read runbook: {exc}")
+        out.error(1, f"cannot read runbook: {getattr(exc, 'strerror', None) or exc}")
         return None, out.items
     meta, key_lines, body_text = _front_matter(text, out)
     if meta is None:
@@ -126,6 +149,14 @@ def _load(path: Path, project_root: Path | None, *, strict: bool) -> tuple[Runbo
     for key in ("name", "summary", "hosts", "lock"):
         if key in meta and meta[key] is not None and not isinstance(meta[key], str):
             out.error(key_lines.get(key, 1), f"front matter '{key}' must be a string")
+    for key in ("name", "lock"):  # they name files, cron entries, systemd units: a slug, nothing else
+        value = meta.get(key)
+        if isinstance(value, str) and not _SLUG.match(value):
+            out.error(key_lines.get(key, 1), f"front matter '{key}' {value!r} must be a slug: letters, digits, "
+                      "'.', '_' and '-', starting with a letter or digit, at most 100 characters")
+    if "name" not in meta and not _SLUG.match(path.stem):
+        out.error(1, f"the runbook's name comes from its file name {path.stem!r}, which is not a slug "
+                  "(letters, digits, '.', '_', '-'): rename the file or give it a front matter 'name:'")
     steps, undos = _steps(body_text, meta, params, project_root, out, strict=strict)
     if out.errors:
         return None, out.items
@@ -179,6 +210,9 @@ def _front_matter(text: str, out: _Collector) -> tuple[dict[str, Any] | None, di
         problem = getattr(exc, "problem", None) or "malformed YAML"
         out.error(2 + (mark.line if mark else 0), f"malformed front matter YAML: {problem}")
         return None, {}, text
+    except RecursionError:
+        out.error(2, "front matter YAML is nested too deeply")
+        return None, {}, text
     if meta is None:
         meta = {}
     if not isinstance(meta, dict):
@@ -205,6 +239,23 @@ def _node_key_lines(node: Any, base: int, prefix: str = "") -> dict[str, int]:
     return found
 
 
+# Environment variables a parameter must never replace in a shell step (it gets $NAME, upper-cased).
+_RESERVED_ENV = frozenset("""PATH HOME USER LOGNAME SHELL PWD OLDPWD IFS ENV BASH_ENV CDPATH TMPDIR TEMP TMP TERM LANG
+    LANGUAGE TZ MAIL HOSTNAME PS1 PS2 PS3 PS4 SHELLOPTS BASHOPTS GLOBIGNORE PROMPT_COMMAND HISTFILE PAGER EDITOR
+    VISUAL UID EUID PPID RANDOM SECONDS LINENO OPTIND OPTARG""".split())
+_RESERVED_PREFIXES = ("LD_", "LC_", "PYTHON", "ANSIBLE_", "TECHNICIAN_OPS_", "SSH_", "BASH_", "DYLD_", "SUDO_",
+                      "GIT_", "VAULT_", "XDG_")
+
+
+def reserved_env_name(name: str) -> str | None:
+    """What a parameter called ``name`` would clobber as a shell step's environment variable, or None."""
+    var = re.sub(r"[^A-Za-z0-9_]", "_", name).upper()
+    if var in _RESERVED_ENV:
+        return f"${var}"
+    prefix = next((p for p in _RESERVED_PREFIXES if var.startswith(p)), None)
+    return f"the {prefix}* variables (${var})" if prefix else None
+
+
 def _params(meta: dict[str, Any], lines: dict[str, int], out: _Collector) -> dict[str, Param]:
     raw = meta.get("params") or {}
     if not isinstance(raw, dict):
@@ -215,6 +266,11 @@ def _params(meta: dict[str, Any], lines: dict[str, int], out: _Collector) -> dic
         line = lines.get(f"params.{name}", lines.get("params", 2))
         if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
             out.error(line, f"invalid parameter name {name!r}: use letters, digits and _")
+            continue
+        reserved = reserved_env_name(name)
+        if reserved:
+            out.error(line, f"parameter name {name!r} is reserved: shell steps get it as ${name.upper()}, "
+                      f"which would replace {reserved} in every step's environment; choose another name")
             continue
         if decl is None:
             decl = {}

@@ -20,8 +20,10 @@ ENV_PREFIX = "TECHNICIAN_OPS_PARAM_"
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
+_INT = re.compile(r"^[+-]?[0-9]+$", re.ASCII)
 _HOST = re.compile(r"^[A-Za-z0-9_.:\[\]-]+$")
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$")
+MAX_DURATION = 100_000_000  # seconds: the largest task timeout Ansible accepts
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)?\s*$", re.ASCII)
 
 
 def coerce(param: Param, raw: Any) -> Any:
@@ -32,10 +34,10 @@ def coerce(param: Param, raw: Any) -> Any:
             raise ParameterError(f"parameter {name!r} must be an integer, got {raw!r}")
         if isinstance(raw, int):
             return raw
-        try:
-            return int(str(raw).strip(), 10)
-        except ValueError:
-            raise ParameterError(f"parameter {name!r} must be an integer, got {raw!r}") from None
+        text = str(raw).strip()
+        if not _INT.match(text):  # int() would take "1_000" and non-ASCII digits too
+            raise ParameterError(f"parameter {name!r} must be an integer, got {raw!r} (ASCII digits and an optional sign)")
+        return int(text, 10)
     if kind == "bool":
         if isinstance(raw, bool):
             return raw
@@ -115,8 +117,8 @@ def parse_duration(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"duration must be positive, got {value}")
+        if value <= 0 or value > MAX_DURATION:
+            raise ValueError(f"duration must be between 1 and {MAX_DURATION} seconds, got {value}")
         return value
     m = _DURATION.match(str(value))
     if not m:
@@ -125,4 +127,6 @@ def parse_duration(value: Any) -> int:
     seconds = amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"duration {value!r} is longer than Ansible accepts ({MAX_DURATION} s, about 3 years)")
     return seconds

@@ -72,7 +72,16 @@ class _Dumper(yaml.SafeDumper):
 
 
 def _unsafe_representer(dumper: yaml.SafeDumper, data: Unsafe) -> yaml.Node:
+    """``!unsafe`` only where it is needed, on text with a ``{`` (every Jinja delimiter starts with one).
+
+    ansible-core 2.19 resolves the type of an ``!unsafe`` scalar again as if it were plain, quoted or
+    not: ``!unsafe '1'`` loads as the int 1, ``!unsafe 'yes'`` as True.  A string without ``{`` cannot
+    be a template, so it is written as a plain, quoted-where-needed YAML string and stays the text the
+    operator typed; one with ``{`` is never resolved to anything but text.
+    """
     style = "|" if "\n" in data else None
+    if "{" not in data:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", str(data), style=style)
     return dumper.represent_scalar("!unsafe", str(data), style=style)
 
 

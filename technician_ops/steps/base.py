@@ -18,7 +18,7 @@ import yaml
 from technician_ops.runbook import yamlio
 from technician_ops.runbook.model import Runbook, Step
 from technician_ops.runbook.params import parse_duration
-from technician_ops.runbook.yamlio import dump as dump_yaml
+from technician_ops.runbook.yamlio import Unsafe, dump as dump_yaml
 from technician_ops.state import StepState
 
 # Modules that only read: a task list made of these needs no undo.
@@ -174,6 +174,8 @@ class StepKind:
 def load_yaml_body(body: str) -> Any:
     try:
         return yamlio.load(body) if body.strip() else None
+    except RecursionError:
+        raise BodyError("the step body's YAML is nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -184,7 +186,7 @@ def task_lines(body: str) -> list[int]:
     """0-based line of each top-level list item, for errors about one task."""
     try:
         node = yamlio.compose(body)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return []
     if isinstance(node, yaml.SequenceNode):
         return [item.start_mark.line for item in node.value]
@@ -228,7 +230,8 @@ def standard_play(kind: StepKind, step: Step, ctx: CompileContext, tasks: list[d
         hosts = "localhost"
     elif isinstance(hosts, list):
         hosts = ",".join(hosts) if hosts else "!all"
-    play: dict[str, Any] = {"name": step.name, "hosts": hosts, "gather_facts": uses_facts(step)}
+    play: dict[str, Any] = {"name": step.name, "hosts": Unsafe(hosts) if isinstance(hosts, str) else hosts,
+                            "gather_facts": uses_facts(step)}
     if attrs.get("continue_on_error", "false").lower() not in ("true", "yes"):
         if "max_fail_percentage" in attrs:
             play["max_fail_percentage"] = int(attrs["max_fail_percentage"])
@@ -285,8 +288,6 @@ exit 0
 def stop_play(hosts: list[str], run_id: str) -> dict[str, Any]:
     """A play that kills what a stopped run's tasks left running on ``hosts`` (an SSH host's sshd does not
     signal a command whose connection went away), run before their undo."""
-    from technician_ops.runbook.yamlio import Unsafe
-
     return {"name": "stop:leftovers", "hosts": ",".join(hosts), "gather_facts": False, "ignore_unreachable": True,
             "tasks": [{"name": "stop what the stopped run left running", "timeout": 60,
                        "ansible.builtin.command": {"argv": ["/bin/sh", "-c", Unsafe(_STOP_SCRIPT), "stop",

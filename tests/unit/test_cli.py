@@ -57,6 +57,6 @@ def test_compile_writes_what_would_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     playbook = (tmp_path / "out" / "project" / "main.yml").read_text()
     assert "name: save-previous" in playbook and "name: health-check" in playbook
-    assert "release: !unsafe 'r7'" in (tmp_path / "out" / "project" / "params.yml").read_text()
+    assert "release: r7" in (tmp_path / "out" / "project" / "params.yml").read_text()
     assert "undo:ship" in (tmp_path / "out" / "project" / "rollback.yml").read_text()
     assert (tmp_path / "out" / "ansible.cfg").exists()

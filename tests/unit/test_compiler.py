@@ -96,10 +96,15 @@ def test_secrets_are_looked_up_at_run_time_never_written(tmp_path: Path) -> None
     assert "token" not in plays[0].get("vars", {})  # only steps that use it get it
 
 
-def test_params_file_marks_values_unsafe(tmp_path: Path) -> None:
+def test_params_file_keeps_values_as_typed_and_never_templated(tmp_path: Path) -> None:
     _plan, files = compile_demo(tmp_path)
     text = files["params"].read_text()
-    assert "version: !unsafe '2.0'" in text and "n: 2" in text and "token" not in text
+    # A quoted YAML string: ansible-core 2.19 would load "!unsafe '2.0'" as the float 2.0.
+    assert "version: '2.0'" in text and "n: 2" in text and "token" not in text
+    from technician_ops.plan.files import params_file
+
+    plan = _plan.__class__(**{**_plan.__dict__, "params": {**_plan.params, "version": "{{ lookup('pipe', 'id') }}"}})
+    assert "version: !unsafe '{{ lookup(''pipe'', ''id'') }}'" in params_file(plan)  # text with { is never a template
 
 
 def test_rollback_playbook_is_reverse_order_on_exact_hosts(tmp_path: Path) -> None:
