@@ -396,3 +396,18 @@ def test_a_shell_body_that_looks_like_yaml_runs_as_a_script(demo, body: str) -> 
     expected = ExitCode.OK if body == "true" else ExitCode.FAILED  # what sh makes of it
     assert proc.returncode == expected, proc.stdout + proc.stderr
     assert "ERROR" not in proc.stdout  # the generated playbook itself is valid
+
+
+def test_one_record_that_cannot_be_finished_never_blocks_the_store(demo) -> None:  # type: ignore[no-untyped-def]
+    _two_runs(demo)
+    db = demo.root / ".technician-ops" / "audit.db"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that is gone: its 'running' record is stale and gets reaped
+    with sqlite3.connect(db) as conn:
+        host = conn.execute("SELECT writer_host FROM runs LIMIT 1").fetchone()[0]
+        conn.execute("INSERT INTO runs (run_id, runbook, path, started_at, outcome, check_run, user_name, origin_type, "
+                      "writer_host, writer_pid, writer_start, header) VALUES ('bad-run', 'x', 'x', "
+                      "'2026-01-01T00:00:00.000000Z', 'running', 0, 'u', 'o', ?, ?, '0', 'not json')", (host, dead.pid))
+    for command in (["history"], ["audit", "verify"], ["run", "deploy-config", "-p", "version=3", "-p", f"demo_root={demo.hosts_dir}"]):
+        proc = cli(demo, *command)
+        assert proc.returncode == 0, (command, proc.stdout, proc.stderr)
