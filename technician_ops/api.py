@@ -344,3 +344,21 @@ def schedule_export(project: Project, fmt: str, *, binary: str, log_dir: Path | 
     if fmt == "crontab":
         return export_crontab(items, technician_ops_bin=binary, project_root=project.root, log_dir=logs)
     return export_systemd(items, technician_ops_bin=binary, project_root=project.root, log_dir=logs)
+
+
+# The building blocks a script may want beside the commands, loaded on first use (``--help`` and
+# ``lint`` never pay for the engine's imports).
+_BLOCKS = {
+    "bind_plan": "technician_ops.plan.compiler", "write_plan": "technician_ops.plan.files",
+    "load_inventory": "technician_ops.engine.session", "target_hosts": "technician_ops.engine.session",
+    "sized": "technician_ops.engine.session", "EXIT_FOR_OUTCOME": "technician_ops.engine.request",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _BLOCKS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -222,12 +222,13 @@ def _assert_later_steps_never_ran(demo) -> None:  # type: ignore[no-untyped-def]
             assert not (demo.host_dir(host) / marker).exists(), f"{host}: {marker} ran after the stop"
 
 
-def test_sigterm_stops_the_execution_then_undoes_what_it_may_have_changed(demo) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_stops_the_execution_then_undoes_what_it_may_have_changed(demo, sig: int) -> None:  # type: ignore[no-untyped-def]
     _slow_runbook(demo)
     proc = start(demo, "run", "slow")
     wait_for(demo.host_dir("web1") / "started")
     wait_for(demo.host_dir("web2") / "started")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, out + err
     assert run_processes(demo) == []  # the in-flight task was stopped, not left to finish
@@ -349,3 +350,14 @@ def test_check_mode_passes_approve_steps_without_asking(demo) -> None:  # type: 
     assert not (demo.host_dir("db1") / "restarted-at").exists()
     refused = cli(demo, "run", "restart-with-approval", "-p", "reason=real")  # a real run still needs one
     assert refused.returncode == ExitCode.APPROVAL_MISSING
+
+
+def test_an_undo_that_matches_no_host_is_a_failure_never_a_success(demo) -> None:  # type: ignore[no-untyped-def]
+    demo.write_runbook("nowhere", HEAD + step("mark", '- ansible.builtin.copy: {dest: "{{ state_dir }}/mark", content: "m\\n"}')
+                       + "```yaml {rollback=mark hosts=no-such-host}\n- ansible.builtin.file: {path: /tmp/x, state: absent}\n```\n\n"
+                       + step("boom", "- ansible.builtin.fail: {msg: planned}", attrs="kind=check"))
+    proc = cli(demo, "run", "nowhere")
+    assert proc.returncode == ExitCode.ROLLBACK_FAILED, proc.stdout + proc.stderr
+    failures = record(demo)["rollback"]["failures"]
+    assert [f["step"] for f in failures] == ["mark"]
+    assert failures[0]["error"] in ("undo matched no host", "undo did not run")
