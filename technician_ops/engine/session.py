@@ -117,11 +117,11 @@ class Session:
             self._record_refusal(head, why, exc)
             raise
 
-    def _record_refusal(self, head: dict[str, Any], why: str, exc: TechnicianOpsError) -> None:
+    def _record_refusal(self, head: dict[str, Any], why: str, exc: TechnicianOpsError, outcome: str = "refused") -> None:
         if self.audit is None:
             return
         try:
-            self.audit.record_skipped(head, f"{why}: {exc.message}", outcome="refused")
+            self.audit.record_skipped(head, f"{why}: {exc.message}", outcome=outcome)
         except TechnicianOpsError as failed:  # e.g. the same full disk: the refusal itself still shows
             exc.hint = f"{exc.hint + '; ' if exc.hint else ''}the refusal could not be recorded: {failed.message}"
 
@@ -132,8 +132,7 @@ class Session:
         try:
             lock.acquire(work.lock_wait)
         except TechnicianOpsError as exc:
-            if self.audit is not None:
-                self.audit.record_skipped(work.header, f"locked: {exc.message}", outcome="skipped")
+            self._record_refusal(work.header, "locked", exc, outcome="skipped")
             raise
         try:
             return self._locked(work, lock.fd)
@@ -141,11 +140,36 @@ class Session:
             lock.release()
 
     def _locked(self, work: Work, lock_fd: int) -> RunResult:
-        plan, project = work.plan, self.project
-        declared = plan.runbook.secret_names()
-        redactor = Redactor([str(v) for k, v in plan.params.items() if k in declared and v is not None])
+        declared = work.plan.runbook.secret_names()
+        redactor = Redactor([str(v) for k, v in work.plan.params.items() if k in declared and v is not None])
         self.bus.redactor = redactor
-        notices = list(work.notices)
+        plan, pdd, files, notices = self._prepare(work, redactor)
+        from technician_ops.audit.sink import RunRecording
+
+        # Leaving this block without record.finish() (a crash of ours, Ctrl-C twice)
+        # finishes the record as "interrupted": it must not stay "running".
+        with RunRecording(self.audit, work.header, self.bus) as record:
+            self.bus.emit(Kind.RUN_START, **{k: work.header[k] for k in _RUN_START if k in work.header})
+            for notice in notices:
+                self.bus.emit(Kind.NOTICE, level="warning", message=notice)
+            verdict = self._execute(work, plan, pdd, files, redactor, lock_fd)
+            if work.after_run and verdict.outcome in (Outcome.SUCCEEDED, Outcome.ROLLED_BACK, Outcome.FAILED) \
+                    and not plan.check:  # never when a human is needed: keep every backup
+                for kind in {ps.kind.name: ps.kind for ps in plan.steps}.values():
+                    for warning in kind.after_run(plan.runbook, self.project.state_dir, self.project.keep_backups):
+                        self.bus.emit(Kind.NOTICE, level="warning", message=warning)
+            exit_code = verdict.exit_code or EXIT_FOR_OUTCOME[verdict.outcome]
+            duration = time.monotonic() - work.started
+            self.bus.emit(Kind.RUN_END, run_id=work.header["run_id"], outcome=verdict.outcome.value,
+                          exit_code=int(exit_code), ended_at=utc_now(), duration=round(duration, 3),
+                          failed_step=verdict.failed_step, failed_hosts=verdict.failed_hosts)
+            record.finish(verdict.outcome.value)
+        return RunResult(work.header["run_id"], verdict.outcome, exit_code, verdict.failed_step, verdict.steps,
+                         verdict.rollback, pdd / "artifacts", duration)
+
+    def _prepare(self, work: Work, redactor: Redactor) -> tuple[Plan, Path, dict[str, Path], list[str]]:
+        """Inventory, preflight, the private data dir and the plan's files; a failure is a ``refused`` record."""
+        project, notices = self.project, list(work.notices)
         if redactor.short:
             notices.append(f"a secret value is shorter than {MIN_LENGTH} characters: it is masked wherever it appears "
                            "in output and messages, which can hide ordinary text too; use a longer secret")
@@ -159,55 +183,38 @@ class Session:
             pdd = ensure_private_dir(ensure_private_dir(ensure_private_dir(project.state_dir) / "runs") / work.header["run_id"])
             strategy_dir, not_accelerated = acceleration(work.accelerate, work.environ)
             notices += [not_accelerated] if not_accelerated else []
-            plan = sized(plan, project, inventory, targets, accelerated=strategy_dir is not None)
+            plan = sized(work.plan, project, inventory, targets, accelerated=strategy_dir is not None)
             files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [],
                                accelerate=strategy_dir)
             if inventory is not None:
                 inventory.save()
-        work.header["artifact_dir"] = str(pdd)
-        if project.inventory:  # what a later ``rollback RUN_ID``/``recover RUN_ID`` must run against
-            from technician_ops.engine.inventory import sources
+            work.header["artifact_dir"] = str(pdd)
+            if project.inventory:  # what a later ``rollback RUN_ID``/``recover RUN_ID`` must run against
+                from technician_ops.engine.inventory import sources
 
-            work.header["inventory"] = sources(project.inventory)
-        from technician_ops.audit.sink import RunRecording
+                work.header["inventory"] = sources(project.inventory)
+        return plan, pdd, files, notices
 
-        # Leaving this block without record.finish() (a crash of ours, Ctrl-C twice)
-        # finishes the record as "interrupted": it must not stay "running".
-        with RunRecording(self.audit, work.header, self.bus) as record:
-            self.bus.emit(Kind.RUN_START, **{k: work.header[k] for k in _RUN_START if k in work.header})
-            for notice in notices:
-                self.bus.emit(Kind.NOTICE, level="warning", message=notice)
-            verdict = Verdict(Outcome.SUCCEEDED)
-            try:
-                withheld = environ.split(os.environ, {})[1]
-                handlers: dict[str, Handler] = {"secret": Secrets(plan), "emit": Emitter(self.bus),
-                                                "environ": Environ(withheld), **work.handlers}
-                with ControlServer(handlers) as control:
-                    env = {**control.env, ENV_RUN_ID: plan.run_id, ENV_STATE_DIR: str(project.state_dir),
-                           "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}
-                    ctx = Context(project, work.header["run_id"], plan, pdd, files, [*project.inventory, files["inventory"]], env, self.bus,
-                                  redactor, self.cancelled, lock_fd)
-                    verdict = work.body(ctx)
-            except KeyboardInterrupt:
-                verdict = Verdict(Outcome.INTERRUPTED)
-            except OSError as exc:  # the state dir failed mid-run: what ran is not known to be undone
-                self.bus.emit(Kind.NOTICE, level="error", message=str(StorageError.from_os(exc, "write the run's files")))
-                verdict = Verdict(Outcome.ROLLBACK_FAILED)
-            finally:
-                redactor.scrub_tree(pdd)
-            if work.after_run and verdict.outcome in (Outcome.SUCCEEDED, Outcome.ROLLED_BACK, Outcome.FAILED) \
-                    and not plan.check:  # never when a human is needed: keep every backup
-                for kind in {ps.kind.name: ps.kind for ps in plan.steps}.values():
-                    for warning in kind.after_run(plan.runbook, project.state_dir, project.keep_backups):
-                        self.bus.emit(Kind.NOTICE, level="warning", message=warning)
-            exit_code = verdict.exit_code or EXIT_FOR_OUTCOME[verdict.outcome]
-            duration = time.monotonic() - work.started
-            self.bus.emit(Kind.RUN_END, run_id=work.header["run_id"], outcome=verdict.outcome.value,
-                          exit_code=int(exit_code), ended_at=utc_now(), duration=round(duration, 3),
-                          failed_step=verdict.failed_step, failed_hosts=verdict.failed_hosts)
-            record.finish(verdict.outcome.value)
-        return RunResult(work.header["run_id"], verdict.outcome, exit_code, verdict.failed_step, verdict.steps,
-                         verdict.rollback, pdd / "artifacts", duration)
+    def _execute(self, work: Work, plan: Plan, pdd: Path, files: dict[str, Path], redactor: Redactor,
+                 lock_fd: int) -> Verdict:
+        """The body, with the control channel up; the run's files are scrubbed of secrets on every way out."""
+        project = self.project
+        try:
+            handlers: dict[str, Handler] = {"secret": Secrets(plan), "emit": Emitter(self.bus),
+                                            "environ": Environ(environ.split(os.environ, {})[1]), **work.handlers}
+            with ControlServer(handlers) as control:
+                env = {**control.env, ENV_RUN_ID: plan.run_id, ENV_STATE_DIR: str(project.state_dir),
+                       "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}
+                ctx = Context(project, work.header["run_id"], plan, pdd, files,
+                              [*project.inventory, files["inventory"]], env, self.bus, redactor, self.cancelled, lock_fd)
+                return work.body(ctx)
+        except KeyboardInterrupt:
+            return Verdict(Outcome.INTERRUPTED)
+        except OSError as exc:  # the state dir failed mid-run: what ran is not known to be undone
+            self.bus.emit(Kind.NOTICE, level="error", message=str(StorageError.from_os(exc, "write the run's files")))
+            return Verdict(Outcome.ROLLBACK_FAILED)
+        finally:
+            redactor.scrub_tree(pdd)
 
 
 # -- the inventory side of a session ------------------------------------------------------
