@@ -150,19 +150,7 @@ hosts: all
     assert result.rollback["steps"] == ["roll"]  # one undo of the step, on both batches' hosts
 
 
-SLOW_SSH = f"""---
-hosts: all
----
-
-```yaml {{name=write}}
-- ansible.builtin.file: {{path: {MARKER}, state: directory, mode: "0755"}}
-- ansible.builtin.copy: {{dest: {MARKER}/owner, content: "{{{{ inventory_hostname }}}}\\n"}}
-```
-
-```yaml {{rollback=write}}
-- ansible.builtin.file: {{path: {MARKER}, state: absent}}
-```
-
+SLOW_SSH = WRITE_ALL + f"""
 ```yaml {{name=slow}}
 - ansible.builtin.shell: |
     touch {MARKER}/started
