@@ -247,7 +247,9 @@ def standard_play(kind: StepKind, step: Step, ctx: CompileContext, tasks: list[d
     play["vars_files"] = ["params.yml"]
     # Every process a task starts on a host carries the run and phase in its environment, so what a
     # stopped run left running there can be found and killed before its undo (``stop_play``).
-    play["environment"] = {RUN_MARKER: run_marker(ctx.extra.get("run_id", "compiled"), ctx.phase)}
+    # The control channel is for our plugins, which run in Ansible's own processes: a task's processes
+    # get it blanked, so no step can talk to technician-ops in the operator's name.
+    play["environment"] = {RUN_MARKER: run_marker(ctx.extra.get("run_id", "compiled"), ctx.phase), **_HIDDEN}
     secret_vars = _secret_vars(step, ctx)
     if secret_vars:
         # Pipelining keeps module arguments (which may now hold a secret) off
@@ -268,6 +270,7 @@ def standard_play(kind: StepKind, step: Step, ctx: CompileContext, tasks: list[d
 
 
 RUN_MARKER = "TECHNICIAN_OPS_RUN"
+_HIDDEN = {"TECHNICIAN_OPS_CONTROL_SOCKET": "", "TECHNICIAN_OPS_CONTROL_TOKEN": ""}
 
 
 def run_marker(run_id: str, phase: str) -> str:

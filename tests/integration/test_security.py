@@ -217,6 +217,8 @@ def test_no_credential_reaches_any_file_however_the_run_ends(demo, ending: str) 
     for host in ("web1", "web2"):  # a task never sees the tool's variables or the controller's credentials
         seen = (demo.hosts_dir / f"env-{host}").read_text()
         assert "TECHNICIAN_OPS_PARAM_" not in seen and "VAULT_TOKEN" not in seen and "AWS_SECRET" not in seen
+        env = dict(line.split("=", 1) for line in seen.splitlines() if "=" in line)
+        assert env.get("TECHNICIAN_OPS_CONTROL_TOKEN", "") == "" and env.get("TECHNICIAN_OPS_CONTROL_SOCKET", "") == ""
     rec = records(demo)[-1]
     assert rec["params"]["dsn"] == "postgresql://app:********@db/app"  # a secret pasted into a public value
     show = cli(demo, "show", rec["run_id"])
