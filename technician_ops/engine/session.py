@@ -189,6 +189,7 @@ class Session:
             if inventory is not None:
                 inventory.save()
             work.header["artifact_dir"] = str(pdd)
+            work.header["ansible_cfg"] = files["config"].read_text(encoding="utf-8")  # the settings it ran with
             if project.inventory:  # what a later ``rollback RUN_ID``/``recover RUN_ID`` must run against
                 from technician_ops.engine.inventory import sources
 

@@ -319,8 +319,11 @@ def test_rollback_of_a_run_uses_the_inventory_it_ran_with(demo, tmp_path: Path) 
                        + undo("mark", '- ansible.builtin.file: {path: "{{ state_dir }}/mark", state: absent}'))
     proc = cli(demo, "run", "mark", "-i", str(inv))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    run_id = record(demo)["run_id"]
+    ran = record(demo)
+    run_id = ran["run_id"]
     assert (other / "w9" / "mark").exists()
+    assert [(i["path"], len(i["sha256"])) for i in ran["inventory"]] == [(str(inv), 64)]  # what an undo needs
+    assert "[defaults]" in ran["ansible_cfg"] and "forks = " in ran["ansible_cfg"]
 
     # The inventory changed since: refused with the difference, nothing undone, the run not marked undone.
     original = inv.read_text()
