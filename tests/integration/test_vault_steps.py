@@ -175,7 +175,7 @@ def test_rotation_publishes_a_new_password_the_database_accepts(case: Case) -> N
     assert events.index(intent) < events.index(version)
     state = json.loads((case.demo.root / ".technician-ops" / "runs" / result.run_id / f"vault-{STEP}.json").read_text())
     assert (state["status"], state["old_version"], state["new_version"]) == ("rotated", 1, 2)
-    case.assert_nowhere(new, case.old)
+    case.assert_nowhere(new, case.old, case.bao.token)  # nor the token the plugins used (issue 18)
 
 
 # ------------------------------------------------------------------- (b)
