@@ -22,7 +22,7 @@ _CREDENTIAL = re.compile(r"TOKEN|SECRET|PASSW|PASSPHRASE|CREDENTIAL|PRIVATE|API_
                          re.IGNORECASE)
 # Whole families of provider settings that carry credentials among other things.
 _PREFIXES = ("TECHNICIAN_OPS_", "VAULT_", "BAO_", "AWS_", "AZURE_", "ARM_", "GOOGLE_", "GCP_", "CLOUDSDK_", "TF_VAR_",
-             "TF_TOKEN_", "OS_", "DIGITALOCEAN_", "HCLOUD_", "LINODE_", "SCW_", "CLOUDFLARE_", "PG")
+             "TF_TOKEN_", "OS_", "DIGITALOCEAN_", "HCLOUD_", "LINODE_", "SCW_", "CLOUDFLARE_")
 # Needed as they are by ansible-playbook and ssh, whatever the patterns above say.
 _KEEP = frozenset({"SSH_AUTH_SOCK", "PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TERM", "TMPDIR", "PWD",
                    "PYTHONPATH", "VIRTUAL_ENV"})

@@ -205,8 +205,10 @@ def execute(
             envvars=env,
             event_handler=tracker.handle,
             # Ours does the stopping (_Stopper); given none, ansible-runner would install SIGTERM/SIGINT
-            # handlers of its own and kill only its direct child.
-            cancel_callback=_never,
+            # handlers of its own and kill only its direct child.  Should ansible-runner ever start its
+            # child without our supervisor (runner_pty could not hook its spawn), its own cancel is the
+            # fallback: a stop still stops the run, if less thoroughly.
+            cancel_callback=lambda: stopper.reason is not None and supervision.pid is None,
             quiet=True,
             suppress_env_files=True,
             json_mode=False,
@@ -227,10 +229,6 @@ def execute(
     rc = runner.rc if isinstance(runner.rc, int) else 1
     tracker.finish(rc, stopped=stopper.reason is not None)
     return ExecutionResult(rc, str(runner.status), Path(runner.config.artifact_dir), stopper.reason)
-
-
-def _never() -> bool:
-    return False
 
 
 class _Stopper(threading.Thread):
