@@ -74,7 +74,7 @@ def _store(project: Project, audit: Any = None, *, reading: bool = False) -> Ite
 def _database_error(exc: BaseException) -> bool:
     import sqlite3
 
-    return isinstance(exc, (sqlite3.Error, OSError)) or type(exc).__module__.startswith("psycopg")
+    return isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg")
 
 
 # -- runbooks -------------------------------------------------------------------------------

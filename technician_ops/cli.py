@@ -28,7 +28,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 def _project(ctx: click.Context, **overrides: Any) -> Any:
     from technician_ops.api import open_project
 
-    root = ctx.find_root().obj.get("project") if ctx.find_root().obj else None
+    root = (ctx.find_root().obj or {}).get("project")
     return open_project(root, **overrides)
 
 
@@ -427,21 +427,20 @@ def main(argv: list[str] | None = None) -> None:
 def _debug_log(argv: list[str] | None = None) -> Path:
     """Append the traceback to ``debug.log`` in the project's state dir (0600, never through a symlink).
 
-    The state dir is TECHNICIAN_OPS_STATE_DIR, else ``.technician-ops`` of the project (``--project``,
-    else the nearest parent of the working directory with runbooks/), else ~/.cache/technician-ops.
+    The state dir is the project's own (``--project``, TECHNICIAN_OPS_PROJECT, else the nearest parent
+    with runbooks/; its configuration may move it), else ~/.cache/technician-ops.
     """
     import traceback
     from pathlib import Path
 
     args = list(sys.argv[1:] if argv is None else argv)
     root = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--project"), None)
-    root = root or os.environ.get("TECHNICIAN_OPS_PROJECT")
-    if os.environ.get("TECHNICIAN_OPS_STATE_DIR"):
-        directory = Path(os.environ["TECHNICIAN_OPS_STATE_DIR"])
-    else:
-        start = Path(root).resolve() if root else Path.cwd()
-        found = next((d for d in (start, *start.parents) if (d / "runbooks").is_dir()), None)
-        directory = found / ".technician-ops" if found else Path.home() / ".cache" / "technician-ops"
+    try:
+        from technician_ops.project import load_project
+
+        directory = load_project(Path(root) if root else None).state_dir
+    except Exception:  # noqa: BLE001 - the project itself may be what is broken
+        directory = Path.home() / ".cache" / "technician-ops"
     path = directory / "debug.log"
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)

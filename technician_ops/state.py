@@ -63,12 +63,12 @@ class HostState:
         self.duration = (self.duration or 0.0) + duration
         if changed is None:
             self.changed_unknown = True
+        elif changed or status is HostStatus.CHANGED:  # an ignored failure may have changed things too
+            self.changed = True
         if ignored:  # ignore_errors / a rescued failure: counted, not the host's status
             self.ignored_errors += 1
             self.error = self.error or error
             return
-        if changed or status is HostStatus.CHANGED:
-            self.changed = True
         if _RANK[status] > _RANK[self.status]:
             self.status = status
         if status in BROKEN and self.error is None:

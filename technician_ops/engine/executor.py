@@ -172,7 +172,7 @@ def execute(
     """One ansible-runner execution under ``supervise.py``; returns when every process of it is gone.
 
     ``cancel`` (polled) or ``timeout`` (seconds) stop it: the supervisor
-    TERMs, then KILLs, the whole process group and exits once it is empty;
+    TERMs, then KILLs, every process below it and exits once none is left;
     hosts with a task in flight then are ``unknown`` (``StepTracker.finish``).
     ``lock_fd`` is held by the supervisor too, so the run's lock outlives a
     technician-ops killed outright until the execution is gone.
@@ -239,6 +239,7 @@ class _Stopper(threading.Thread):
         self.supervision, self.cancel = supervision, cancel
         self.deadline = time.monotonic() + timeout if timeout else None
         self.reason: str | None = None
+        self._signalled = False
         self._done = threading.Event()
 
     def run(self) -> None:
@@ -253,12 +254,10 @@ class _Stopper(threading.Thread):
                     return
 
     def stop_now(self, reason: str) -> None:
-        """SIGTERM to the supervisor (once); it stops the group and exits, which ends ansible-runner's read."""
+        """SIGTERM to the supervisor (once); it stops everything below it and exits, ending ansible-runner's read."""
         if self.reason is None:
             self.reason = reason
         self._signal()
-
-    _signalled = False
 
     def _signal(self) -> None:
         pid = self.supervision.pid
@@ -296,7 +295,3 @@ def _quote(value: str) -> str:
     import shlex
 
     return shlex.quote(value)
-
-
-def python() -> str:
-    return sys.executable

@@ -15,6 +15,9 @@ starts a new session, so none can slip away.  It is there for three things:
 - **technician-ops killed outright (SIGKILL) stops the run too.**  The
   kernel sends this process SIGTERM when its parent dies
   (``PR_SET_PDEATHSIG``), and the stop above follows: no later step starts.
+- **Nothing is left behind.**  When ``ansible-playbook`` exits, whatever it
+  left running below it (a step's ``cmd &`` on a local host, an SSH
+  connection kept for reuse) is stopped the same way before this exits.
 - **The run's lock is held until then.**  technician-ops hands this process
   its lock file descriptor (``FD``); the kernel keeps the flock while any
   holder has it open, so a second run of the runbook waits (or is refused)
@@ -127,7 +130,10 @@ def main(argv: list[str]) -> int:
         if os.getppid() != parent:  # technician-ops died before the line above: stop now
             raise _Stop(signal.SIGTERM)
         child = subprocess.Popen(command)  # the lock fd is not passed on
-        return child.wait()
+        rc = child.wait()
+        if _descendants(os.getpid()):  # a step left something running (a `cmd &` on a local host): it goes too
+            stop_all(child, grace)
+        return rc
     except _Stop as stop:
         if child is not None:
             stop_all(child, grace)

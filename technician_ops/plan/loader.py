@@ -104,17 +104,13 @@ def _read_regular(path: Path) -> str:
     (reading a FIFO would wait forever), and so is a file too large to be a runbook."""
     import stat
 
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
+        st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise OSError(0, "not a regular file")
         if st.st_size > MAX_RUNBOOK_BYTES:
             raise OSError(0, f"{st.st_size} bytes: larger than a runbook can be ({MAX_RUNBOOK_BYTES})")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read().decode("utf-8")
-    finally:
-        os.close(fd)
+        return fh.read().decode("utf-8")
 
 
 def lint(path: Path, project_root: Path | None = None, *, strict: bool = False) -> list[Diagnostic]:
@@ -249,7 +245,9 @@ _RESERVED_PREFIXES = ("LD_", "LC_", "PYTHON", "ANSIBLE_", "TECHNICIAN_OPS_", "SS
 
 def reserved_env_name(name: str) -> str | None:
     """What a parameter called ``name`` would clobber as a shell step's environment variable, or None."""
-    var = re.sub(r"[^A-Za-z0-9_]", "_", name).upper()
+    from technician_ops.steps.shell import env_name
+
+    var = env_name(name)
     if var in _RESERVED_ENV:
         return f"${var}"
     prefix = next((p for p in _RESERVED_PREFIXES if var.startswith(p)), None)

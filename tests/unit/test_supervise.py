@@ -48,3 +48,10 @@ def test_a_dead_parent_stops_the_run_at_once() -> None:
     proc = _supervise(f"exec -a {marker} sleep 60", parent=1)
     assert proc.wait(timeout=10) == 128 + signal.SIGTERM
     assert _alive(marker) == []
+
+
+def test_what_a_finished_command_left_running_is_stopped_before_the_exit_code_is_relayed() -> None:
+    marker = f"tops-{uuid.uuid4().hex}"
+    proc = _supervise(f"(exec -a {marker} sleep 60) & exit 3")
+    assert proc.wait(timeout=15) == 3
+    assert _alive(marker) == []

@@ -126,3 +126,12 @@ def test_hosts_with_a_task_in_flight_when_stopped_are_unknown() -> None:
     assert run.status is StepStatus.FAILED
     assert run.hosts["a"].status is UNKNOWN and run.hosts["b"].status is OK
     assert run.changed_hosts == ["a"]
+
+
+def test_a_failure_ignored_on_a_host_still_counts_what_it_changed() -> None:
+    tracker = _tracker()
+    tracker.handle({"event": "playbook_on_play_start", "event_data": {"play": "patch"}})
+    tracker.handle({"event": "runner_on_failed", "event_data": {"host": "a", "ignore_errors": True,
+                                                                 "res": {"changed": True, "rc": 1}}})
+    tracker.finish(0)
+    assert tracker.steps["patch"].changed_hosts == ["a"]
