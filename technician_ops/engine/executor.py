@@ -48,6 +48,9 @@ class StepTracker:
         self._started = 0.0
         self._in_flight: set[str] = set()  # hosts of the current step with a task started and no result yet
         self.tempfail = False  # a task failed because a dependency was down (retry later)
+        # Set once technician-ops starts stopping the execution: a host whose task then fails or loses
+        # its connection failed because of the stop (its ssh was killed), so what it did is unknown.
+        self.stopping = False
         self.finished_cleanly = False
 
     # ansible-runner calls this for every event; returning True keeps it on disk.
@@ -93,6 +96,10 @@ class StepTracker:
         if status is HostStatus.OK and res.get("changed"):
             status = HostStatus.CHANGED
         broken = status in (HostStatus.FAILED, HostStatus.UNREACHABLE)
+        if broken and self.stopping:  # not the host's doing: recorded unknown, undone, never "dead"
+            agg.merge(HostStatus.UNKNOWN, changed=None, duration=float(data.get("duration") or 0.0),
+                      error="stopped while a task was running here")
+            return
         if broken and res.get("technician_ops_tempfail"):
             self.tempfail = True
         changed: bool | None = bool(res.get("changed"))
@@ -190,7 +197,7 @@ def execute(
         **envvars,
     }
     supervision = Supervision(lock_fd, grace)
-    stopper = _Stopper(supervision, cancel, timeout)
+    stopper = _Stopper(supervision, cancel, timeout, tracker)
     supervise(supervision)
     stopper.start()
     try:
@@ -234,9 +241,10 @@ def execute(
 class _Stopper(threading.Thread):
     """Watches for a cancel or the deadline and tells the supervisor to stop the execution."""
 
-    def __init__(self, supervision: Any, cancel: Callable[[], bool] | None, timeout: int | None) -> None:
+    def __init__(self, supervision: Any, cancel: Callable[[], bool] | None, timeout: int | None,
+                 tracker: StepTracker) -> None:
         super().__init__(name="technician-ops-stopper", daemon=True)
-        self.supervision, self.cancel = supervision, cancel
+        self.supervision, self.cancel, self.tracker = supervision, cancel, tracker
         self.deadline = time.monotonic() + timeout if timeout else None
         self.reason: str | None = None
         self._signalled = False
@@ -256,6 +264,7 @@ class _Stopper(threading.Thread):
     def stop_now(self, reason: str) -> None:
         """SIGTERM to the supervisor (once); it stops everything below it and exits, ending ansible-runner's read."""
         if self.reason is None:
+            self.tracker.stopping = True
             self.reason = reason
         self._signal()
 

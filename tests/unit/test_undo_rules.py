@@ -135,3 +135,14 @@ def test_a_failure_ignored_on_a_host_still_counts_what_it_changed() -> None:
                                                                  "res": {"changed": True, "rc": 1}}})
     tracker.finish(0)
     assert tracker.steps["patch"].changed_hosts == ["a"]
+
+
+def test_a_host_that_fails_because_of_the_stop_is_unknown_not_unreachable() -> None:
+    """Stopping kills a task's ssh; Ansible then says the host is unreachable. It was not: it is undone."""
+    tracker = _tracker()
+    tracker.handle({"event": "playbook_on_play_start", "event_data": {"play": "patch"}})
+    tracker.handle({"event": "runner_on_start", "event_data": {"host": "a"}})
+    tracker.stopping = True
+    tracker.handle({"event": "runner_on_unreachable", "event_data": {"host": "a", "res": {"msg": "Data could not be sent"}}})
+    tracker.finish(255, stopped=True)
+    assert tracker.steps["patch"].hosts["a"].status is UNKNOWN and tracker.steps["patch"].changed_hosts == ["a"]
