@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -84,6 +84,7 @@ def _database_error(exc: BaseException) -> bool:
 class LintReport:
     files: list[Path]
     diagnostics: list[Diagnostic]
+    skipped: list[Path] = field(default_factory=list)  # Markdown in a linted directory that is not a runbook
 
     @property
     def errors(self) -> int:
@@ -94,15 +95,21 @@ class LintReport:
         return sum(d.severity == "warning" for d in self.diagnostics)
 
 
-def lint(paths: list[str], project: Project, *, strict: bool = False) -> LintReport:
+def lint(paths: list[str], project: Project, *, strict: bool = False, hosts: str | None = None) -> LintReport:
     """Every problem of the runbooks at ``paths`` (files or directories; default: runbooks/)."""
-    from technician_ops.plan.loader import lint as lint_file
+    from technician_ops.plan.loader import lint as lint_file, runbook_files
 
     files: list[Path] = []
+    skipped: list[Path] = []
     for p in paths or [str(project.runbooks_dir)]:
         path = Path(p)
-        files.extend(sorted(path.glob("*.md")) if path.is_dir() else [path])
-    return LintReport(files, [d for f in files for d in lint_file(f, project.root, strict=strict)])
+        if path.is_dir():  # a README or a docs page beside the runbooks is not one: skipped, and said
+            ours, others = runbook_files(path)
+            files.extend(ours)
+            skipped.extend(others)
+        else:  # named explicitly: linted as a runbook, whatever it holds
+            files.append(path)
+    return LintReport(files, [d for f in files for d in lint_file(f, project.root, strict=strict, hosts=hosts)], skipped)
 
 
 @dataclass
@@ -111,23 +118,42 @@ class Shown:
 
     runbook: Runbook | None = None
     record: dict[str, Any] | None = None
+    hosts: dict[str, str] = field(default_factory=dict)  # step -> the host patterns it really targets
 
 
 def show(name: str, project: Project) -> Shown:
     """A runbook by name or path, else a run by its id (a unique prefix is enough)."""
     try:
-        return Shown(runbook=load(name, project))
+        runbook = load(name, project)
     except NotFound:
         if not (len(name) >= 6 and all(c in "0123456789abcdef-" for c in name.lower())):
             raise
-    with _store(project, reading=True) as store:
-        return Shown(record=store.get(name))
+        with _store(project, reading=True) as store:
+            return Shown(record=store.get(name))
+    return Shown(runbook=runbook, hosts=_step_hosts(runbook, project))
+
+
+def _step_hosts(runbook: Runbook, project: Project) -> dict[str, str]:
+    """What each step targets: a playbook step's plays pick their own hosts, whatever ``hosts=`` says."""
+    from technician_ops import steps as kinds
+
+    out: dict[str, str] = {}
+    for step in runbook.steps:
+        kind = kinds.registry()[step.kind]
+        if kind.controller:
+            out[step.name] = "controller"
+        elif kind.own_hosts:
+            patterns = kind.host_patterns(step, project.root)
+            out[step.name] = ",".join(patterns) if patterns else "(set by the playbook at run time)"
+        else:
+            out[step.name] = step.hosts or runbook.hosts or "?"
+    return out
 
 
 def compile_runbook(name: str, project: Project, out_dir: Path, raw_params: dict[str, str], *,
                     check: bool = False) -> dict[str, Path]:
     """Write the playbook, inventory and ansible.cfg a run would use, and the undo plays of every step."""
-    from technician_ops.engine.session import load_inventory, sized, target_hosts
+    from technician_ops.engine.session import base_config, load_inventory, sized, target_hosts
     from technician_ops.plan.compiler import bind_plan
     from technician_ops.plan.files import write_plan, write_undo_playbook
 
@@ -137,7 +163,7 @@ def compile_runbook(name: str, project: Project, out_dir: Path, raw_params: dict
     if inventory is not None:
         plan = sized(plan, project, inventory, target_hosts(plan, inventory))
         local = inventory.local_hosts_without_python()
-    files = write_plan(plan, out_dir, project.state_dir, local)
+    files = write_plan(plan, out_dir, project.state_dir, local, base_config=base_config(project, None))
     if inventory is not None:
         inventory.save()
     files["rollback"] = write_undo_playbook(plan, [(ps, [ps.hosts]) for ps in plan.steps if ps.has_undo],

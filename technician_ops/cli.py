@@ -68,18 +68,21 @@ def show_cmd(ctx: click.Context, name: str) -> None:
     from technician_ops.outputs.render import record_text, runbook_text
 
     shown = show(name, _project(ctx))
-    click.echo(runbook_text(shown.runbook) if shown.runbook is not None else record_text(shown.record or {}))
+    click.echo(runbook_text(shown.runbook, shown.hosts) if shown.runbook is not None else record_text(shown.record or {}))
 
 
 @cli.command("lint")
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--strict", is_flag=True, help="Warnings (e.g. a mutating step without undo) are errors.")
+@click.option("--hosts", metavar="PATTERN", help="Hosts of a Markdown file that names none (a Runme README).")
 @click.pass_context
-def lint_cmd(ctx: click.Context, paths: tuple[str, ...], strict: bool) -> None:
+def lint_cmd(ctx: click.Context, paths: tuple[str, ...], strict: bool, hosts: str | None) -> None:
     """Validate runbooks; print each problem as path:line: message."""
     from technician_ops.api import lint
 
-    report = lint(list(paths), _project(ctx), strict=strict)
+    report = lint(list(paths), _project(ctx), strict=strict, hosts=hosts)
+    for path in report.skipped:
+        click.echo(f"{path}: skipped: no technician-ops front matter (not a runbook)", err=True)
     for diag in report.diagnostics:
         click.echo(str(diag))
     click.echo(f"{len(report.files)} runbook(s): {report.errors} error(s), {report.warnings} warning(s)", err=True)
@@ -132,10 +135,21 @@ def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tu
               help="Prometheus textfile-collector metrics to update after the run.")
 @click.option("--notify", "notify_url", envvar="TECHNICIAN_OPS_NOTIFY_URL", metavar="URL",
               help="Slack-compatible webhook POSTed on failure/rollback (prefer the env var: it is a credential).")
+@click.option("-l", "--limit", metavar="PATTERN", help="As ansible-playbook: only these hosts (a pattern or @FILE).")
+@click.option("-t", "--tags", multiple=True, metavar="TAGS", help="As ansible-playbook: only tasks with these tags; "
+              "each step's tasks are tagged with its name (approve/check steps always run).")
+@click.option("--skip-tags", multiple=True, metavar="TAGS", help="As ansible-playbook: skip tasks with these tags.")
+@click.option("-D", "--diff", is_flag=True, help="As ansible-playbook: report what files and templates change.")
+@click.option("--hosts", metavar="PATTERN", help="Hosts of a Markdown file that names none (a Runme README): "
+              "its steps run there.")
+@click.option("-e", "--extra-vars", "extra_vars", multiple=True, metavar="VARS",
+              help="As ansible-playbook: KEY=VALUE, YAML/JSON, or @FILE (a runbook parameter is bound as with -p).")
 @click.pass_context
 def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: tuple[str, ...], check: bool, yes: bool,
             approve: tuple[str, ...], output: str, strict: bool, wait_lock: float, skip_preflight: bool,
-            accelerate: bool | None, audit_url: str | None, junit: str | None, metrics_file: str | None, notify_url: str | None) -> None:
+            accelerate: bool | None, audit_url: str | None, junit: str | None, metrics_file: str | None, notify_url: str | None,
+            limit: str | None, tags: tuple[str, ...], skip_tags: tuple[str, ...], diff: bool, hosts: str | None,
+            extra_vars: tuple[str, ...]) -> None:
     """Run a runbook: steps in order, undo on failure, one audit record."""
     from technician_ops.api import RunRequest, run_command
     from technician_ops.outputs.console import JsonView, TextView
@@ -153,7 +167,8 @@ def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: t
 
     request = RunRequest(name, parse_assignments(params), check=check, yes=yes, approve=approve, strict=strict,
                          prompt=prompt if interactive else None, wait_lock=wait_lock, skip_preflight=skip_preflight,
-                         accelerate=accelerate)
+                         accelerate=accelerate, extra_vars=extra_vars, limit=limit, tags=tags, skip_tags=skip_tags,
+                         diff=diff, hosts=hosts)
     with _Cancel() as stop:
         result = run_command(request, project, [view if view is not None else JsonView()], cancelled=stop,
                              junit=junit, metrics_file=metrics_file, notify_url=notify_url, warn=_warn)

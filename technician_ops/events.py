@@ -27,6 +27,7 @@ class Kind(str, enum.Enum):
     STEP_START = "step_start"  # step, kind, hosts, phase
     TASK_START = "task_start"  # step, task, phase
     HOST_RESULT = "host_result"  # step, host, status, changed, duration, error, phase
+    DIFF = "diff"  # step, host, task, diff (unified text), phase: with --diff, what a task changed in a file
     STEP_END = "step_end"  # step, status, duration, phase, hosts: {host: status}
     APPROVAL = "approval"  # step, approved, by, user
     ROLLBACK_START = "rollback_start"  # steps: [names, in undo order]
@@ -78,6 +79,14 @@ class HostResult(TypedDict):
     phase: str
 
 
+class Diff(TypedDict):
+    step: str
+    host: str
+    task: str
+    diff: str  # unified diff, as ansible-playbook --diff shows it
+    phase: str
+
+
 class StepEnd(TypedDict):
     step: str
     status: str  # StepStatus
@@ -122,7 +131,7 @@ class RunEnd(TypedDict):
 # secret_version, terraform_plan, ...), never a secret value: no fixed shape.
 PAYLOADS: dict[Kind, type | None] = {
     Kind.RUN_START: RunStart, Kind.STEP_START: StepStart, Kind.TASK_START: TaskStart,
-    Kind.HOST_RESULT: HostResult, Kind.STEP_END: StepEnd, Kind.APPROVAL: Approval,
+    Kind.HOST_RESULT: HostResult, Kind.DIFF: Diff, Kind.STEP_END: StepEnd, Kind.APPROVAL: Approval,
     Kind.ROLLBACK_START: RollbackStart, Kind.ROLLBACK_END: RollbackEnd, Kind.ARTIFACT: None,
     Kind.NOTICE: Notice, Kind.RUN_END: RunEnd,
 }

@@ -126,11 +126,13 @@ class StepState:
         return [h for h, a in self.hosts.items() if a.may_have_changed]
 
     def close(self, *, aborted: bool = False) -> None:
-        """The step's own status from its hosts'; an undo with a rescued failure failed too."""
+        """The step's own status from its hosts'; an undo with a rescued failure failed too; a step that ran
+        on no host was skipped."""
         failed = bool(self.failed_hosts) or aborted
         if self.phase == "rollback" and any(a.ignored_errors for a in self.hosts.values()):
             failed = True
-        self.status = StepStatus.FAILED if failed else StepStatus.SUCCEEDED
+        # No host at all: every task was filtered out (--tags, --limit) or its hosts matched nothing.
+        self.status = StepStatus.FAILED if failed else StepStatus.SUCCEEDED if self.hosts else StepStatus.SKIPPED
 
     def to_record(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "targets": self.targets, "phase": self.phase,

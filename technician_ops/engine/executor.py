@@ -113,6 +113,11 @@ class StepTracker:
         agg.merge(status, changed=changed,
                   duration=float(data.get("duration") or 0.0), error=self._error(res, data) if broken else None,
                   ignored=broken and bool(data.get("ignore_errors") or res.get("skip_reason")))
+        if res.get("diff") and not res.get("censored"):  # --diff (or a task's diff: true)
+            text = unified_diff(res["diff"])
+            if text:
+                self.bus.emit(Kind.DIFF, step=self.current.name, host=host, task=self.redactor.text(str(data.get("task") or "")),
+                              diff=self.redactor.text(text), phase=self.phase)
 
     def _error(self, res: dict[str, Any], data: dict[str, Any]) -> str:
         if res.get("censored"):
@@ -151,6 +156,35 @@ class StepTracker:
         self._close(aborted=rc != 0 or stopped)
 
 
+MAX_DIFF = 64 * 1024  # characters of one task's diff kept in an event
+
+
+def unified_diff(diff: Any) -> str:
+    """Ansible's diff result (``before``/``after`` with headers, or ``prepared`` text; one or a list)
+    as the unified text ansible-playbook --diff prints."""
+    import difflib
+
+    parts: list[str] = []
+    for item in diff if isinstance(diff, list) else [diff]:
+        if not isinstance(item, dict):
+            continue
+        if item.get("prepared"):
+            parts.append(str(item["prepared"]).rstrip("\n"))
+            continue
+        before, after = item.get("before"), item.get("after")
+        if before is None and after is None:
+            continue
+        if not isinstance(before, str) or not isinstance(after, str):  # e.g. file state: {"state": "absent"}
+            parts.append(f"--- {item.get('before_header', 'before')}\n+++ {item.get('after_header', 'after')}\n"
+                         f"-{before!r}\n+{after!r}")
+            continue
+        lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                     str(item.get("before_header") or "before"), str(item.get("after_header") or "after"))
+        parts.append("".join(lines).rstrip("\n"))
+    text = "\n".join(p for p in parts if p)
+    return text if len(text) <= MAX_DIFF else text[:MAX_DIFF] + f"\n[... diff cut at {MAX_DIFF} characters]"
+
+
 @dataclass
 class ExecutionResult:
     rc: int
@@ -175,19 +209,21 @@ def execute(
     cancel: Callable[[], bool] | None = None,
     lock_fd: int = -1,
     grace: float = STOP_GRACE,
+    args: list[str] | None = None,
 ) -> ExecutionResult:
     """One ansible-runner execution under ``supervise.py``; returns when every process of it is gone.
 
     ``cancel`` (polled) or ``timeout`` (seconds) stop it: the supervisor
     TERMs, then KILLs, every process below it and exits once none is left;
     hosts with a task in flight then are ``unknown`` (``StepTracker.finish``).
+    ``args``: more ansible-playbook arguments (``plan.options.cmdline``).
     ``lock_fd`` is held by the supervisor too, so the run's lock outlives a
     technician-ops killed outright until the execution is gone.
     """
     from technician_ops.engine.runner_pty import Supervision, spawn_without_close_delay, supervise
 
     spawn_without_close_delay()
-    cmdline = ["--check"] if check else []
+    cmdline = [*(["--check"] if check else []), *(args or [])]
     bindir = str(Path(sys.executable).parent)
     env = {
         "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")]),

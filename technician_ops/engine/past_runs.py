@@ -44,6 +44,7 @@ from technician_ops.errors import ApprovalMissing, ParameterError, PastRunError
 from technician_ops.events import Bus, Kind
 from technician_ops.outcomes import Outcome
 from technician_ops.plan.compiler import Plan, PlanStep, bind_plan
+from technician_ops.plan.options import AnsibleOptions
 from technician_ops.project import Project
 from technician_ops.plan.loader import load_runbook
 from technician_ops.state import StepState, StepStatus
@@ -188,7 +189,7 @@ def _rebuild_plan(project: Project, record: dict[str, Any]) -> tuple[Plan, list[
     if not path.is_file():
         raise PastRunError(f"the runbook run {record['run_id']} used is gone: {path}",
                            hint="restore it (the record has its sha256 and git commit) and try again")
-    runbook = load_runbook(path, project.root)
+    runbook = load_runbook(path, project.root, hosts=record.get("hosts_given"))
     notices = []
     if record.get("runbook_sha256") and runbook.sha256 != record["runbook_sha256"]:
         notices.append(f"runbook {path} changed since run {record['run_id']} (sha256 {record['runbook_sha256'][:12]} "
@@ -196,7 +197,11 @@ def _rebuild_plan(project: Project, record: dict[str, Any]) -> tuple[Plan, list[
     secret = runbook.secret_names()
     given = {k: v for k, v in (record.get("params") or {}).items() if k not in secret and v is not None}
     try:  # secrets: TECHNICIAN_OPS_PARAM_<NAME>, never recorded
-        plan = bind_plan(runbook, project, given, run_id=record["run_id"])
+        # The undo sees the -e variables and --diff the run had; --limit and --tags selected what ran,
+        # which the record already says.
+        recorded = AnsibleOptions.from_record(record.get("ansible"))
+        plan = bind_plan(runbook, project, given, run_id=record["run_id"],
+                         options=AnsibleOptions(diff=recorded.diff, extra_vars=recorded.extra_vars))
     except ParameterError as exc:
         raise ParameterError(f"cannot rebuild run {record['run_id']}'s parameters: {exc.message}", hint=exc.hint) from None
     return resolve_secrets(plan, None), notices

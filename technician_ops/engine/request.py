@@ -39,6 +39,13 @@ class RunRequest:
     run_id: str | None = None
     environ: dict[str, str] | None = None
     accelerate: bool | None = None  # mitogen strategy; None: TECHNICIAN_OPS_ACCELERATE decides
+    # ansible-playbook's own options (plan/options.py): -e items as typed, --limit, --tags/--skip-tags, --diff
+    extra_vars: tuple[str, ...] = ()
+    limit: str | None = None
+    tags: tuple[str, ...] = ()
+    skip_tags: tuple[str, ...] = ()
+    diff: bool = False
+    hosts: str | None = None  # host pattern for a Markdown file that names none (a Runme README)
 
 
 @dataclass

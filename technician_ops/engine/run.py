@@ -21,6 +21,7 @@ from technician_ops.errors import ExitCode
 from technician_ops.events import Bus, Kind
 from technician_ops.outcomes import Outcome
 from technician_ops.plan.compiler import Plan, bind_plan
+from technician_ops.plan.options import AnsibleOptions, cmdline, parse_extra_vars, split_tags
 from technician_ops.project import Project
 from technician_ops.plan.loader import load
 from technician_ops.state import StepStatus
@@ -28,7 +29,7 @@ from technician_ops.state import StepStatus
 
 def run(request: RunRequest, project: Project, bus: Bus, audit: Any, cancelled: Cancelled | None = None) -> RunResult:
     started = time.monotonic()
-    runbook = load(request.runbook, project, strict=request.strict)
+    runbook = load(request.runbook, project, strict=request.strict, hosts=request.hosts)
     if request.run_id is None:
         from technician_ops.audit import new_run_id
 
@@ -36,15 +37,20 @@ def run(request: RunRequest, project: Project, bus: Bus, audit: Any, cancelled: 
     assert request.run_id is not None
     head = header(runbook, request.run_id, environ=request.environ, interactive=request.prompt is not None,
                   check=request.check)
+    if request.hosts is not None:
+        head["hosts_given"] = request.hosts  # what ``rollback RUN_ID`` must load the file with again
     session = Session(project, bus, audit, cancelled)
     with session.refusing(head):  # bad parameters, approval missing, Vault refuses: nothing ran
-        plan = bind_plan(runbook, project, request.params, check=request.check, environ=request.environ,
-                         run_id=request.run_id)
+        options, params = ansible_options(request, runbook, project)
+        plan = bind_plan(runbook, project, params, check=request.check, environ=request.environ,
+                         run_id=request.run_id, options=options)
         head["params"] = redacted_params(plan)
         approvals = Approvals(plan, request.approve, request.yes, request.prompt, bus)
         approvals.precheck()
         plan = resolve_secrets(plan, request.environ)
         head["params"] = redacted_params(plan)  # again: a value may hold a secret resolved just now
+        if options:
+            head["ansible"] = recorded_options(plan)
         for kind, steps in kinds_of(plan).items():
             kind.before_run(steps, check=plan.check)
     work = Work(plan, head, body=_execute, targets=partial(target_hosts, plan), started=started,
@@ -53,6 +59,32 @@ def run(request: RunRequest, project: Project, bus: Bus, audit: Any, cancelled: 
                 notices=[str(w) for w in runbook.warnings], check_inventory=partial(check_targets, plan),
                 after_run=True)
     return session.run(work)
+
+
+def ansible_options(request: RunRequest, runbook: Any, project: Project) -> tuple[AnsibleOptions, dict[str, str]]:
+    """ansible-playbook's options of ``request``, and the parameters with ``-e`` assignments to them."""
+    from technician_ops.errors import ParameterError
+
+    extra, assigned = parse_extra_vars(request.extra_vars, runbook.params) if request.extra_vars else ({}, {})
+    twice = sorted(set(assigned) & set(request.params))
+    if twice:
+        raise ParameterError(f"parameter {twice[0]!r} is given by both -p and -e")
+    options = AnsibleOptions(request.limit, split_tags(request.tags), split_tags(request.skip_tags), request.diff, extra)
+    return options, {**request.params, **assigned}
+
+
+def recorded_options(plan: Plan) -> dict[str, Any]:
+    """The options as the record keeps them; an extra variable may not carry a secret's value."""
+    from technician_ops.engine.redact import Redactor
+    from technician_ops.errors import ParameterError
+
+    declared = plan.runbook.secret_names()
+    secrets = [str(v) for k, v in plan.params.items() if k in declared and v is not None and str(v)]
+    record = plan.options.record()
+    if Redactor(secrets).obj(record["extra_vars"]) != record["extra_vars"]:
+        raise ParameterError("an -e extra variable holds a secret parameter's value: secrets are never written "
+                             "to a file; refer to the secret parameter in the runbook instead")
+    return record
 
 
 def _execute(ctx: Context) -> Verdict:
@@ -65,7 +97,8 @@ def _execute(ctx: Context) -> Verdict:
     outcome, failed_step, exit_code = Outcome.SUCCEEDED, None, None
     rollback: dict[str, Any] = {}
     result = execute(ctx.pdd, ctx.files["playbook"], ctx.inventories, tracker, ident="run", check=plan.check,
-                     envvars=ctx.env, timeout=plan.runbook.timeout, cancel=ctx.cancelled, lock_fd=ctx.lock_fd)
+                     envvars=ctx.env, timeout=plan.runbook.timeout, cancel=ctx.cancelled, lock_fd=ctx.lock_fd,
+                     args=cmdline(plan.options, ctx.pdd, phase="run"))
     failed = next((n for n in tracker.order if tracker.steps[n].status is StepStatus.FAILED), None)
     if result.stopped == "timeout":
         ctx.bus.emit(Kind.NOTICE, level="error", message=f"the runbook's timeout ({plan.runbook.timeout} s) ran out"

@@ -17,6 +17,7 @@ from technician_ops.events import Kind
 from technician_ops.outcomes import Outcome
 from technician_ops.plan.compiler import Plan, PlanStep
 from technician_ops.plan.files import write_undo_playbook
+from technician_ops.plan.options import cmdline
 from technician_ops.state import HostStatus, StepState, StepStatus
 
 Completed = list[tuple[PlanStep, list[str]]]  # (step, the hosts its undo runs on), in run order
@@ -128,7 +129,8 @@ def run_undo(ctx: Context, completed: Completed, why: str, *, exact_hosts: bool 
     tracker = StepTracker(ctx.bus, {f"undo:{ps.name}": ps.name for ps, _ in completed}, "rollback", ctx.redactor,
                           {ps.name: "undo" for ps, _ in completed}, {ps.name: ",".join(h) for ps, h in completed})
     result = execute(ctx.pdd, playbook, ctx.inventories, tracker, ident="rollback", check=False, envvars=ctx.env,
-                     cancel=ctx.cancelled if cancellable else None, lock_fd=ctx.lock_fd)
+                     cancel=ctx.cancelled if cancellable else None, lock_fd=ctx.lock_fd,
+                     args=cmdline(ctx.plan.options, ctx.pdd, phase="rollback"))
     failures: list[dict[str, Any]] = []
     for ps, hosts in completed:
         run = tracker.steps.get(ps.name)

@@ -184,12 +184,16 @@ class Session:
             strategy_dir, not_accelerated = acceleration(work.accelerate, work.environ)
             notices += [not_accelerated] if not_accelerated else []
             plan = sized(work.plan, project, inventory, targets, accelerated=strategy_dir is not None)
+            base = base_config(project, work.environ)
             files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [],
-                               accelerate=strategy_dir)
+                               accelerate=strategy_dir, base_config=base, notices=notices)
             if inventory is not None:
+                write_limit(plan, inventory, pdd)
                 inventory.save()
             work.header["artifact_dir"] = str(pdd)
             work.header["ansible_cfg"] = files["config"].read_text(encoding="utf-8")  # the settings it ran with
+            if base is not None:
+                work.header["ansible_cfg_base"] = base.describe()
             if project.inventory:  # what a later ``rollback RUN_ID``/``recover RUN_ID`` must run against
                 from technician_ops.engine.inventory import sources
 
@@ -218,6 +222,14 @@ class Session:
             redactor.scrub_tree(pdd)
 
 
+def base_config(project: Project, environ: dict[str, str] | None) -> Any:
+    """The team's ansible.cfg that ``ansible-playbook`` would read here, parsed (None: there is none)."""
+    from technician_ops.plan import ansible_config
+
+    path = ansible_config.find(project.root, environ)
+    return ansible_config.read(path) if path is not None else None
+
+
 # -- the inventory side of a session ------------------------------------------------------
 
 
@@ -231,21 +243,46 @@ def load_inventory(project: Project) -> Any:
 
 
 def target_hosts(plan: Plan, inventory: Any) -> list[str]:
-    """The inventory hosts the plan's steps run on, in step order (controller steps and playbooks aside)."""
+    """The inventory hosts the plan's steps run on, in step order (controller steps aside), within ``--limit``."""
+    allowed = limit_hosts(plan, inventory)
     names: dict[str, None] = {}
     for ps in plan.steps:
-        if not ps.kind.controller and not ps.kind.own_hosts:
-            names.update(dict.fromkeys(inventory.hosts(ps.hosts)))
+        for pattern in plan.host_patterns(ps) or []:
+            names.update(dict.fromkeys(h for h in inventory.hosts(pattern) if allowed is None or h in allowed))
     return list(names)
 
 
+def limit_hosts(plan: Plan, inventory: Any) -> set[str] | None:
+    """The inventory hosts ``--limit`` admits (None: no limit): Ansible's pattern, or ``@FILE`` of patterns."""
+    limit = plan.options.limit
+    if limit is None:
+        return None
+    from technician_ops.errors import ParameterError
+
+    pattern = limit
+    if limit.startswith("@"):
+        try:
+            lines = Path(limit[1:]).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ParameterError(f"--limit {limit}: cannot read: {exc.strerror or exc}") from None
+        pattern = ",".join(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    if not pattern.strip() or set(pattern) & set("{}"):
+        raise ParameterError(f"--limit {limit!r}: give a host pattern (web1, web:!web3, ...)")
+    hosts = set(inventory.hosts(pattern))
+    if not hosts:
+        raise ParameterError(f"--limit {limit!r} matches no host in the inventory")
+    return hosts
+
+
 def check_targets(plan: Plan, inventory: Any) -> None:
-    """Host parameters name inventory hosts, and every step's hosts match some."""
+    """Host parameters name inventory hosts, every step's hosts match some, and ``--limit`` leaves a target."""
     from technician_ops.errors import ParameterError
 
     if inventory is None:
         if any(not ps.kind.controller for ps in plan.steps):
             raise ConfigError("no inventory: the project has no inventory/ directory", hint="pass --inventory PATH")
+        if plan.options.limit is not None:
+            raise ParameterError("--limit needs an inventory")
         return
     known = set(inventory.all_hosts())
     for name, param in plan.runbook.params.items():
@@ -257,6 +294,21 @@ def check_targets(plan: Plan, inventory: Any) -> None:
             continue
         if not inventory.hosts(ps.hosts):
             raise ParameterError(f"{plan.runbook.path}:{ps.step.line}: step {ps.name!r}: hosts {ps.hosts!r} match no host in the inventory")
+    allowed = limit_hosts(plan, inventory)
+    if allowed is not None and any(not ps.kind.controller for ps in plan.steps) and not target_hosts(plan, inventory) \
+            and not any(plan.host_patterns(ps) is None for ps in plan.steps):
+        raise ParameterError(f"--limit {plan.options.limit!r} leaves no host this runbook runs on")
+
+
+def write_limit(plan: Plan, inventory: Any, directory: Path) -> None:
+    """``--limit``'s hosts, resolved, as ansible-playbook's ``--limit @FILE`` reads them.  ``localhost`` is
+    always in: the controller steps (approve, backup, vault...) run there and are not a target."""
+    allowed = limit_hosts(plan, inventory)
+    if allowed is not None:
+        from technician_ops.plan.files import write_private
+        from technician_ops.plan.options import LIMIT_FILE
+
+        write_private(directory / LIMIT_FILE, "".join(f"{h}\n" for h in sorted(allowed | {"localhost"})))
 
 
 def sized(plan: Plan, project: Project, inventory: Any, targets: list[str], *, accelerated: bool = False) -> Plan:

@@ -127,6 +127,11 @@ class TextView:
                       (f"{d['duration']:.1f}s", "dim"), (f": {err}" if err else "", ""))
         elif k is Kind.TASK_START:
             self.line(("    ", ""), (f"… {d['task']}", "dim"))
+        elif k is Kind.DIFF:
+            self.line(("    ", ""), (f"diff on {d['host']}: {d['task']}", "dim"))
+            for text in str(d["diff"]).splitlines():
+                style = "green" if text.startswith("+") else "red" if text.startswith("-") else "dim" if text.startswith("@@") else ""
+                self.line(("      ", ""), (text, style))
         elif k is Kind.RUN_START:
             check = bool(d.get("check"))
             self.line((f"▶ {d['runbook']}", "bold"), (f" run {d['run_id']}" + (" " if check else ""), ""),

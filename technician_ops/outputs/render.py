@@ -7,7 +7,8 @@ from typing import Any
 from technician_ops.runbook.model import Runbook
 
 
-def runbook_text(runbook: Runbook) -> str:
+def runbook_text(runbook: Runbook, hosts: dict[str, str] | None = None) -> str:
+    """``hosts``: what each step targets (``api.show``: a playbook step's plays pick their own)."""
     from technician_ops import steps as kinds
 
     lines = [f"{runbook.name} — {runbook.summary}".rstrip(" —"), f"  file: {runbook.path}", f"  lock: {runbook.lock}"]
@@ -28,7 +29,7 @@ def runbook_text(runbook: Runbook) -> str:
     registry = kinds.registry()
     for i, step in enumerate(runbook.steps, 1):
         kind = registry[step.kind]
-        hosts = "controller" if kind.controller else (step.hosts or runbook.hosts or "?")
+        target = (hosts or {}).get(step.name) or ("controller" if kind.controller else (step.hosts or runbook.hosts or "?"))
         if step.name in runbook.undos:
             undo = f"undo at line {runbook.undos[step.name].line}"
         elif kind.has_auto_undo(step):
@@ -37,7 +38,7 @@ def runbook_text(runbook: Runbook) -> str:
             undo = "read-only"
         else:
             undo = "NO UNDO"
-        lines.append(f"  {i:2}. {step.name:24} {step.kind:9} hosts={hosts:16} {undo}  (line {step.line})")
+        lines.append(f"  {i:2}. {step.name:24} {step.kind:9} hosts={target:16} {undo}  (line {step.line})")
     return "\n".join(lines)
 
 

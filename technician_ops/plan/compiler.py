@@ -7,6 +7,7 @@ completed, so it targets exactly the hosts each step touched.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 from technician_ops import steps as kinds
 from technician_ops.errors import Diagnostic, ParameterError, RunbookError
+from technician_ops.plan.options import GATE_TAG, AnsibleOptions
 from technician_ops.project import Project
 from technician_ops.runbook.model import Runbook, Step
 from technician_ops.runbook.params import bind
@@ -53,6 +55,7 @@ class Plan:
     forks: int = field(default_factory=lambda: os.cpu_count() or 2)
     run_id: str = "compiled"
     state_dir: Path = Path(".technician-ops")
+    options: AnsibleOptions = field(default_factory=AnsibleOptions)  # --limit, --tags, --diff, -e
 
     @property
     def secret_names(self) -> set[str]:
@@ -81,9 +84,20 @@ class Plan:
 
     def playbook(self) -> list[dict[str, Any]]:
         plays: list[dict[str, Any]] = []
+        tagged = bool(self.options.tags or self.options.skip_tags)
         for ps in self.steps:
-            plays.extend(ps.kind.plays(ps.step, self.context("run", ps.hosts)))
+            for play in ps.kind.plays(ps.step, self.context("run", ps.hosts)):
+                plays.append(_tagged(play, ps, self.options) if tagged else play)
         return plays
+
+    def host_patterns(self, ps: PlanStep) -> list[str] | None:
+        """The host patterns ``ps`` targets: its hosts, or for a kind that picks its own (a playbook),
+        what its plays say (None: cannot tell before running)."""
+        if ps.kind.controller:
+            return []
+        if ps.kind.own_hosts:
+            return ps.kind.host_patterns(ps.step, self.project_root)
+        return [ps.hosts]
 
     def rollback_playbook(self, completed: list[tuple[PlanStep, list[str]]],
                           stopped_hosts: list[str] | None = None) -> list[dict[str, Any]]:
@@ -121,6 +135,20 @@ class Plan:
         return plays
 
 
+def _tagged(play: dict[str, Any], ps: PlanStep, options: AnsibleOptions) -> dict[str, Any]:
+    """A step's play tagged with the step's name (``--tags NAME`` selects the step); a gate also ``always``.
+
+    An ``import_playbook`` is tagged only when ``--tags``/``--skip-tags`` name the step: a tag there
+    tags every play in it, and Ansible then gathers facts only for a selection naming that tag, so a
+    selection by the playbook's own task tags would run its tasks without their facts.
+    """
+    if "import_playbook" in play:
+        if ps.name not in (*options.tags, *options.skip_tags):
+            return play
+        return {**play, "tags": [ps.name, *[t for t in play.get("tags", []) if t != ps.name]]}
+    return {**play, "tags": [ps.name, *([GATE_TAG] if ps.kind.gate else [])]}
+
+
 def render(template: str, values: dict[str, Any], step: Step) -> str:
     """Render an attribute value with our sandbox (StrictUndefined)."""
     if "{" not in template:
@@ -154,10 +182,12 @@ def default_forks(targets: int, *, remote: bool, cpus: int | None = None) -> int
 
 
 def bind_plan(runbook: Runbook, project: Project, raw_params: dict[str, str], *, check: bool = False,
-              environ: dict[str, str] | None = None, run_id: str = "compiled") -> Plan:
+              environ: dict[str, str] | None = None, run_id: str = "compiled",
+              options: AnsibleOptions | None = None) -> Plan:
     """The runbook bound to typed parameter values (``-p``, the environment, defaults), for ``project``."""
-    return build_plan(runbook, project.root, bind(runbook.params, raw_params, environ), check=check,
+    plan = build_plan(runbook, project.root, bind(runbook.params, raw_params, environ), check=check,
                       inventory=project.inventory, run_id=run_id, state_dir=project.state_dir, forks=project.forks)
+    return dataclasses.replace(plan, options=options) if options else plan
 
 
 def build_plan(runbook: Runbook, project_root: Path, params: dict[str, Any], *, check: bool = False,

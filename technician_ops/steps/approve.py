@@ -18,6 +18,7 @@ class ApproveKind(StepKind):
     name = "approve"
     asks_operator = True
     mutating = False
+    gate = True
     controller = True
 
     def parse(self, body: str, lang: str, project_root: Path) -> Any:

@@ -108,6 +108,7 @@ class StepKind:
     expects_undo: ClassVar[bool] = True  # lint warns when a step that changes things has none
     asks_operator: ClassVar[bool] = False  # the step needs an answer from the operator (approve)
     secret_scheme: ClassVar[str | None] = None  # front matter ``secrets: {x: "SCHEME:..."}`` this kind resolves
+    gate: ClassVar[bool] = False  # guards the steps after it (approve, check): runs whatever --tags selects
 
     # -- parse/validate --------------------------------------------------
     def parse(self, body: str, lang: str, project_root: Path) -> Any:
@@ -133,6 +134,10 @@ class StepKind:
         if failed and self.undo_on_own_failure:
             return list(state.hosts)
         return state.changed_hosts
+
+    def host_patterns(self, step: Step, project_root: Path) -> list[str] | None:
+        """For an ``own_hosts`` kind: the host patterns its plays really target (None: cannot tell)."""
+        return None
 
     def referenced_names(self, step: Step) -> str:
         """Text searched for secret-variable references (decides no_log)."""

@@ -13,6 +13,7 @@ from technician_ops.steps.shell import script_task
 class CheckKind(StepKind):
     name = "check"
     mutating = False
+    gate = True
 
     def parse(self, body: str, lang: str, project_root: Path) -> Any:
         if lang in ("yaml", "yml", ""):

