@@ -6,6 +6,7 @@ carrying all diagnostics; ``lint`` returns them (warnings too).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -53,15 +54,47 @@ class _Collector:
         return [d for d in self.items if d.severity == "error"]
 
 
-def load(name_or_path: str, project: Project, *, strict: bool = False) -> Runbook:
-    """A runbook by name or path, parsed and validated."""
-    return load_runbook(find_runbook(name_or_path, project.root), project.root, strict=strict)
+def load(name_or_path: str, project: Project, *, strict: bool = False, hosts: str | None = None) -> Runbook:
+    """A runbook by name or path, parsed and validated.  ``hosts``: see ``load_runbook``."""
+    return load_runbook(find_runbook(name_or_path, project.root), project.root, strict=strict, hosts=hosts)
+
+
+def runbook_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    """The Markdown files of ``directory`` that are runbooks, and the others (a README, a Hugo or
+    MkDocs page): a runbook's front matter has at least one technician-ops key."""
+    ours: list[Path] = []
+    others: list[Path] = []
+    for path in sorted(directory.glob("*.md")):
+        (ours if is_runbook(path) else others).append(path)
+    return ours, others
+
+
+def is_runbook(path: Path) -> bool:
+    """Whether ``path`` starts with a front matter naming a technician-ops key (cheap: reads the head)."""
+    if not path.is_file():
+        return True  # a FIFO, a dangling link: lint says why (and never blocks on it)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(MAX_FRONT_MATTER_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return True  # unreadable: let lint say why
+    lines = head.split("\n")
+    if not lines or lines[0].strip() != "---":
+        return False
+    end = next((i for i in range(1, len(lines)) if lines[i].strip() in ("---", "...")), None)
+    if end is None:
+        return True  # broken front matter: lint says so
+    try:
+        meta = yamlio.load("\n".join(lines[1:end]))
+    except (yaml.YAMLError, RecursionError):
+        return True
+    return not isinstance(meta, dict) or bool(set(meta) & FRONT_MATTER_KEYS)
 
 
 def list_runbooks(project: Project) -> list[tuple[Path, str, str]]:
-    """(path, name, summary) of every runbook; unreadable ones say why."""
+    """(path, name, summary) of every runbook (other Markdown is skipped); unreadable ones say why."""
     out = []
-    for path in sorted(project.runbooks_dir.glob("*.md")):
+    for path in runbook_files(project.runbooks_dir)[0]:
         try:
             rb = load_runbook(path, project.root)
             out.append((path, rb.name, rb.summary))
@@ -88,8 +121,11 @@ def find_runbook(name_or_path: str, project_root: Path) -> Path:
     )
 
 
-def load_runbook(path: Path, project_root: Path | None = None, *, strict: bool = False) -> Runbook:
-    runbook, diagnostics = _load(path, project_root, strict=strict)
+def load_runbook(path: Path, project_root: Path | None = None, *, strict: bool = False,
+                 hosts: str | None = None) -> Runbook:
+    """``hosts``: the host pattern of a Markdown file that names none (``run --hosts``: a Runme README,
+    a page of shell cells); it may then have no front matter at all."""
+    runbook, diagnostics = _load(path, project_root, strict=strict, hosts=hosts)
     errors = [d for d in diagnostics if d.severity == "error"]
     if errors or runbook is None:
         raise RunbookError(errors)
@@ -97,6 +133,23 @@ def load_runbook(path: Path, project_root: Path | None = None, *, strict: bool =
 
 
 MAX_RUNBOOK_BYTES = 4 * 1024 * 1024
+# Keys other tools keep in the same front matter (Runme; Hugo, Jekyll, MkDocs pages): ignored, never "a typo of".
+FOREIGN_FRONT_MATTER = frozenset({"runme", "shell", "cwd", "skipPrompts", "terminalRows", "category", "title", "weight",
+                                  "date", "draft", "slug", "aliases", "categories", "layout", "template", "author",
+                                  "authors", "keywords", "hide", "search", "icon", "status", "toc", "menu", "type"})
+MAX_FRONT_MATTER_BYTES = 64 * 1024  # what ``is_runbook`` reads to decide
+# Runme's cell attributes (runme.dev): ``name`` names the step; ``id`` is Runme's own identity;
+# a cell Runme leaves out of "run all", or runs in the background, is documentation here; the
+# rest ask for a terminal session a step does not have: ignored, with a warning.
+RUNME_ATTRS = frozenset({"id", "interactive", "promptEnv", "background", "closeTerminalOnSuccess", "category",
+                         "terminalRows", "mimeType", "interpreter", "cwd", "skipPrompts", "excludeFromRunAll", "tag"})
+_RUNME_NOT_A_STEP = ("excludeFromRunAll", "background")
+_SHELLS = frozenset({"sh", "bash", "shell", "zsh"})
+
+
+def _without_prompts(script: str) -> str:
+    """A Runme cell's script as Runme runs it: a line's leading ``$ `` prompt is not part of the command."""
+    return "\n".join(line[2:] if line.startswith("$ ") else line for line in script.split("\n"))
 
 
 def _read_regular(path: Path) -> str:
@@ -113,11 +166,13 @@ def _read_regular(path: Path) -> str:
         return fh.read().decode("utf-8")
 
 
-def lint(path: Path, project_root: Path | None = None, *, strict: bool = False) -> list[Diagnostic]:
-    return _load(path, project_root, strict=strict)[1]
+def lint(path: Path, project_root: Path | None = None, *, strict: bool = False,
+         hosts: str | None = None) -> list[Diagnostic]:
+    return _load(path, project_root, strict=strict, hosts=hosts)[1]
 
 
-def _load(path: Path, project_root: Path | None, *, strict: bool) -> tuple[Runbook | None, list[Diagnostic]]:
+def _load(path: Path, project_root: Path | None, *, strict: bool,
+          hosts: str | None = None) -> tuple[Runbook | None, list[Diagnostic]]:
     project_root = project_root or _guess_root(path)
     shown = _display_path(path)
     out = _Collector(shown)
@@ -126,9 +181,16 @@ def _load(path: Path, project_root: Path | None, *, strict: bool) -> tuple[Runbo
     except (OSError, UnicodeDecodeError) as exc:
         out.error(1, f"cannot read runbook: {getattr(exc, 'strerror', None) or exc}")
         return None, out.items
-    meta, key_lines, body_text = _front_matter(text, out)
+    meta: dict[str, Any] | None
+    key_lines: dict[str, int]
+    if hosts is not None and not text.startswith("---"):
+        meta, key_lines, body_text = {}, {}, text  # named hosts and no front matter: a page of cells
+    else:
+        meta, key_lines, body_text = _front_matter(text, out, strict=strict)
     if meta is None:
         return None, out.items
+    if hosts is not None and not meta.get("hosts"):
+        meta = {**meta, "hosts": hosts}
     params = _params(meta, key_lines, out)
     secrets = _secrets(meta, key_lines, params, out)
     timeout = None
@@ -188,7 +250,7 @@ def _display_path(path: Path) -> Path:
         return path
 
 
-def _front_matter(text: str, out: _Collector) -> tuple[dict[str, Any] | None, dict[str, int], str]:
+def _front_matter(text: str, out: _Collector, *, strict: bool = False) -> tuple[dict[str, Any] | None, dict[str, int], str]:
     lines = text.split("\n")
     if not lines or lines[0].strip() != "---":
         out.error(1, "missing YAML front matter: the runbook must start with a '---' line")
@@ -216,8 +278,10 @@ def _front_matter(text: str, out: _Collector) -> tuple[dict[str, Any] | None, di
         return None, {}, text
     key_lines = _node_key_lines(node, 2)
     for key in meta:
-        if key not in FRONT_MATTER_KEYS:
-            out.error(key_lines.get(key, 2), f"unknown front matter key {key!r} (allowed: {', '.join(sorted(FRONT_MATTER_KEYS))})")
+        if key not in FRONT_MATTER_KEYS:  # a Hugo/MkDocs/Runme key ("title", "weight", "runme"), or a typo
+            close = [] if key in FOREIGN_FRONT_MATTER else difflib.get_close_matches(str(key), FRONT_MATTER_KEYS, n=1, cutoff=0.75)
+            (out.error if strict else out.warn)(key_lines.get(key, 2), f"unknown front matter key {key!r} is ignored"
+                     + (f": did you mean {close[0]!r}?" if close else f" (technician-ops reads: {', '.join(sorted(FRONT_MATTER_KEYS))})"))
     # Blank out the front matter so Markdown line numbers are file line numbers.
     body = "\n" * (end + 1) + "\n".join(lines[end + 1 :])
     return meta, key_lines, body
@@ -337,8 +401,20 @@ def _steps(
         except AttrError as exc:
             out.error(line, f"malformed attribute block: {exc}")
             continue
+        runme = {k: attrs.pop(k) for k in list(attrs) if k in RUNME_ATTRS}
+        skipped = [k for k in _RUNME_NOT_A_STEP if runme.get(k, "").lower() == "true"]
+        if skipped:
+            out.warn(line, f"Runme cell with {skipped[0]}=true is documentation here, not a step")
+            continue
+        if set(runme) - {"id"}:
+            out.warn(line, f"Runme attribute(s) ignored: {', '.join(sorted(set(runme) - {'id'}))} "
+                     "(a step runs unattended, in a shell of its own)")
         undo_of = attrs.get("rollback")
         kind_name = attrs.get("kind") or kinds.default_for_language(lang)
+        if kind_name is None and runme and set(attrs) <= {"name"}:
+            out.warn(line, f"Runme cell in {lang or 'no language'!r} is not a step (steps: "
+                     f"{', '.join(sorted(kinds.languages()))}, or add kind=...)")
+            continue
         if kind_name is None:
             out.error(line, f"cannot tell the step kind from language {lang or '(none)'!r}: add kind=... (known: {', '.join(sorted(registry))})")
             continue
@@ -361,13 +437,14 @@ def _steps(
             else:
                 names[name] = line
         _check_attr_values(attrs, line, known_names, out)
+        content = _without_prompts(fence.content) if runme and lang in _SHELLS else fence.content
         try:
-            spec = kind.parse(fence.content, lang, root)
+            spec = kind.parse(content, lang, root)
         except Exception as exc:  # BodyError, or a kind's own ValueError
             offset = getattr(exc, "offset", 0)
             out.error(fence.line + 2 + offset, str(getattr(exc, "message", exc)))
             continue
-        step = Step(name, kind_name, lang, attrs, fence.content, line, fence.line + 2, spec, undo_of)
+        step = Step(name, kind_name, lang, attrs, content, line, fence.line + 2, spec, undo_of)
         if undo_of is not None:
             undo_blocks.append(step)
         else:

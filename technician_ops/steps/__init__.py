@@ -45,6 +45,11 @@ def default_for_language(lang: str) -> str | None:
     return None
 
 
+def languages() -> set[str]:
+    """Every fence language some kind runs by default."""
+    return {lang for kind in registry().values() for lang in kind.languages}
+
+
 def action_dirs() -> list[Path]:
     """The ``action/`` directory of every kind that ships Ansible action plugins of its own."""
     root = Path(__file__).parent
