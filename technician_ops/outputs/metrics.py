@@ -10,7 +10,9 @@ runbook's series and keeps every other runbook's.  The read-modify-write is
 serialised with ``flock`` on a sibling ``.lock`` file (the collector only reads
 ``*.prom``), and the new file is renamed into place, so the collector never
 scrapes half a file.  The file belongs to technician-ops: metric families
-other than the ones below are not carried over.
+other than the ones below are not carried over.  prometheus_client both reads
+the file and writes it (its parser, its ``generate_latest``): the exposition
+format's escaping and number syntax are the library's, not ours.
 """
 
 from __future__ import annotations
@@ -18,15 +20,20 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from technician_ops.errors import ConfigError
 from technician_ops.events import Outcome
 from technician_ops.fsutil import atomic_write
 
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
 PREFIX = "technician_ops_last_"
 OUTCOMES = tuple(o.value for o in Outcome if o is not Outcome.RUNNING)
-# name -> (help, labels besides runbook)
+# name -> help text, in the order the file lists them
 FAMILIES: dict[str, str] = {
     "technician_ops_last_run_outcome": "1 for the outcome of the runbook's last run, 0 for every other outcome.",
     "technician_ops_last_run_duration_seconds": "Duration of the runbook's last run.",
@@ -71,7 +78,8 @@ def write_metrics(path: str | os.PathLike[str], runbook: str, outcome: Outcome |
             last_success = float(ended_at_ts)
         if last_success is not None:
             series["technician_ops_last_success_timestamp_seconds"][rb] = last_success
-        _write_atomic(target, render(series))
+        # the node exporter usually runs as another user: the file is world-readable
+        atomic_write(target, render(series), mode=0o644)
     finally:
         os.close(lock_fd)  # releases the flock
     return target
@@ -98,38 +106,37 @@ def _read(path: Path) -> Series:
     return series
 
 
-def render(series: Series) -> str:
-    """Prometheus text exposition format, families and series in a stable order."""
-    lines: list[str] = []
+def render(series: Series) -> bytes:
+    """The text exposition format, written by prometheus_client; families and series in a stable order."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.metrics_core import Metric
+
+    families: list[Metric] = []
     for name, help_text in FAMILIES.items():
-        family = series.get(name) or {}
-        if not family:
+        samples = series.get(name) or {}
+        if not samples:
             continue
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} gauge")
-        for labels in sorted(family, key=lambda k: (dict(k).get("runbook", ""), k)):
-            # runbook first: a person reading the file sees one runbook's series together
-            ordered = sorted(labels, key=lambda kv: (kv[0] != "runbook", kv[0]))
-            rendered = ",".join(f'{key}="{_escape(value)}"' for key, value in ordered)
-            lines.append(f"{name}{{{rendered}}} {_number(family[labels])}")
-    return "\n".join(lines) + "\n" if lines else ""
+        family = Metric(name, help_text, "gauge")
+        # runbook first: a person reading the file sees one runbook's series together
+        for labels in sorted(samples, key=lambda k: (dict(k).get("runbook", ""), k)):
+            family.add_sample(name, dict(labels), samples[labels])
+        families.append(family)
+    return generate_latest(_Families(families))
+
+
+@dataclass(frozen=True)
+class _Families:
+    """All that ``generate_latest`` asks of a registry: the families to expose."""
+
+    families: list[Metric]
+
+    def collect(self) -> list[Metric]:
+        return self.families
 
 
 def _key(**labels: str) -> tuple[tuple[str, str], ...]:
     """The one canonical form of a label set, so a series read back replaces the one written."""
     return tuple(sorted(labels.items()))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
-
-
-def _write_atomic(target: Path, text: str) -> None:
-    atomic_write(target, text.encode("utf-8"), mode=0o644)  # the node exporter usually runs as another user
 
 
 def runbooks_in(path: str | os.PathLike[str]) -> Iterable[str]:

@@ -61,7 +61,7 @@ def test_never_succeeded_has_no_success_series_then_success_sets_it(tmp_path: Pa
 
 def test_label_values_are_escaped(tmp_path: Path) -> None:
     path = tmp_path / "m.prom"
-    odd = 'we"ird\\name'
+    odd = 'we"ird\\name\nline two'
     write_metrics(path, odd, Outcome.INTERRUPTED, 2.0, 5.0, 130)
     write_metrics(path, "plain", Outcome.SUCCEEDED, 2.0, 6.0, 0)
     samples = parse(path)
@@ -100,6 +100,5 @@ def test_rewrite_is_stable_and_groups_by_runbook(tmp_path: Path) -> None:
     first = path.read_text()
     write_metrics(path, "b", Outcome.FAILED, 1.0, 1.0, 1)
     assert path.read_text() == first  # reading back and rewriting changes nothing
-    outcome_lines = [line for line in first.splitlines() if line.startswith("technician_ops_last_run_outcome{")]
-    assert all(line.startswith('technician_ops_last_run_outcome{runbook="') for line in outcome_lines)
-    assert [line.split('"')[1] for line in outcome_lines] == ["a"] * len(OUTCOMES) + ["b"] * len(OUTCOMES)
+    [outcomes] = [f for f in text_string_to_metric_families(first) if f.name == "technician_ops_last_run_outcome"]
+    assert [s.labels["runbook"] for s in outcomes.samples] == ["a"] * len(OUTCOMES) + ["b"] * len(OUTCOMES)
