@@ -200,7 +200,7 @@ def run_command(request: RunRequest, project: Project, sinks: list[Sink], *, can
             name, steps = runbook.name, [s.name for s in runbook.steps]
         except TechnicianOpsError:
             steps = None
-    reports = Reports(name, steps, junit=junit, metrics=metrics_file, notify_url=notify_url)
+    reports = Reports(name, steps, junit=junit, metrics=metrics_file, notify_url=notify_url, check=request.check)
     try:
         with _store(project) as store:
             result = run(request, project, [*sinks, *reports.sinks()], audit=store, cancelled=cancelled)

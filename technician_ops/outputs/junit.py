@@ -7,21 +7,30 @@ the bus has already redacted: nothing else (no parameters, no environment) is
 ever copied into the report, so the file is as safe to publish as the JSON
 output.  ``write`` renames a temp file into place, so a CI job that uploads the
 report never picks up half a file.
+
+The XML is built and serialised by junitparser, the maintained Python library
+for the format, rather than by hand; what it would get wrong for the strictest
+consumer (the Jenkins xUnit plugin validates reports against its own schema,
+see tests/ci/schemas/) is set explicitly in ``to_xml``.  junitparser is
+imported only when a report is built, so ``--help`` stays instant.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from technician_ops.events import Event, Kind, Outcome
 from technician_ops.fsutil import atomic_write
+
+if TYPE_CHECKING:
+    from junitparser import JUnitXml, TestCase, TestSuite
 
 # XML 1.0 cannot carry most control characters, even escaped; ansible output can.
 _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -109,47 +118,38 @@ class JUnitSink:
         return suite.cases.setdefault(key, _Case(key))
 
     # -- the report -----------------------------------------------------------------
-    def to_element(self) -> ET.Element:
-        root = ET.Element("testsuites")
-        totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-        total_time = 0.0
-        for suite in self.suites:
-            element = self._suite_element(suite)
-            for key in totals:
-                totals[key] += int(element.get(key, "0"))
-            total_time += suite.duration
-            root.append(element)
-        for key, value in totals.items():
-            root.set(key, str(value))
-        root.set("time", f"{total_time:.3f}")
+    def to_xml(self) -> JUnitXml:
+        """The report as junitparser's model: one ``<testsuite>`` per run inside ``<testsuites>``.
+
+        The totals on ``<testsuites>`` are set here rather than by junitparser's
+        ``JUnitXml.update_statistics``, which also writes ``skipped`` there: an
+        attribute the Jenkins xUnit plugin's JUnit schema does not allow, so the
+        plugin would reject the whole report.
+        """
+        from junitparser import JUnitXml
+
+        root = JUnitXml()
+        suites = [self._suite(run) for run in self.suites]
+        for suite in suites:
+            root.append(suite)
+        root.tests = sum(suite.tests for suite in suites)
+        root.failures = sum(suite.failures for suite in suites)
+        root.errors = sum(suite.errors for suite in suites)
+        root.time = _seconds(sum(run.duration for run in self.suites))
         return root
 
-    def _suite_element(self, suite: _Suite) -> ET.Element:
-        cases = self._ordered_cases(suite)
-        el = ET.Element("testsuite")
-        props = ET.SubElement(el, "properties")
-        for name, value in (("run_id", suite.run_id), ("outcome", suite.outcome), ("check", str(suite.check).lower())):
-            ET.SubElement(props, "property", name=name, value=_clean(value))
-        counts = {"failures": 0, "errors": 0, "skipped": 0}
-        for case in cases:
-            tc = ET.SubElement(el, "testcase", classname=_clean(suite.runbook), name=_clean(case.name),
-                               time=f"{case.time:.3f}")
-            if case.error is not None:
-                counts["errors"] += 1
-                ET.SubElement(tc, "error", message=_clean(case.error), type=suite.outcome)
-            elif case.status == "failed":
-                counts["failures"] += 1
-                failure = ET.SubElement(tc, "failure", message=_clean(_failure_message(case)), type="step_failed")
-                failure.text = _clean("\n".join(f"{h}: {e}" for h, e in case.errors.items()) or _failure_message(case))
-            elif case.skipped is not None:
-                counts["skipped"] += 1
-                ET.SubElement(tc, "skipped", message=_clean(case.skipped))
-        if suite.notices:
-            ET.SubElement(el, "system-out").text = _clean("\n".join(suite.notices))
-        el.attrib = {"name": _clean(suite.runbook), "tests": str(len(cases)), "failures": str(counts["failures"]),
-                     "errors": str(counts["errors"]), "skipped": str(counts["skipped"]),
-                     "time": f"{suite.duration:.3f}", "timestamp": suite.timestamp, "id": _clean(suite.run_id)}
-        return el
+    def _suite(self, run: _Suite) -> TestSuite:
+        from junitparser import SystemOut, TestSuite
+
+        suite = TestSuite(_clean(run.runbook))
+        for name, value in (("run_id", run.run_id), ("outcome", run.outcome), ("check", str(run.check).lower())):
+            suite.add_property(name, _clean(value))  # first: the Ant schema wants <properties> before the cases
+        suite.add_testcases([_testcase(run, case) for case in self._ordered_cases(run)])  # also counts them
+        suite.time = _seconds(run.duration)  # the run's wall time, not the sum of its steps
+        suite.timestamp = run.timestamp
+        if run.notices:
+            suite.append(SystemOut(_clean("\n".join(run.notices))))
+        return suite
 
     def _ordered_cases(self, suite: _Suite) -> list[_Case]:
         """Steps in runbook order (unreached ones skipped), then undo steps in undo order."""
@@ -185,11 +185,30 @@ class JUnitSink:
         """Write the report atomically (temp file in the same directory, then rename)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        root = self.to_element()
-        ET.indent(root)
-        data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-        atomic_write(target, data + b"\n", mode=0o644)
+        buffer = io.BytesIO()
+        self.to_xml().write(buffer, pretty=True)
+        atomic_write(target, buffer.getvalue(), mode=0o644)
         return target
+
+
+def _testcase(run: _Suite, case: _Case) -> TestCase:
+    from junitparser import Error, Failure, Skipped, TestCase
+
+    testcase = TestCase(_clean(case.name), _clean(run.runbook), _seconds(case.time))
+    if case.error is not None:
+        testcase.result = [Error(_clean(case.error), run.outcome)]
+    elif case.status == "failed":
+        failure = Failure(_clean(_failure_message(case)), "step_failed")
+        failure.text = _clean("\n".join(f"{h}: {e}" for h, e in case.errors.items()) or _failure_message(case))
+        testcase.result = [failure]
+    elif case.skipped is not None:
+        testcase.result = [Skipped(_clean(case.skipped))]
+    return testcase
+
+
+def _seconds(value: float) -> float:
+    """Milliseconds at most: the xUnit plugin's time type allows three decimals and no exponent."""
+    return round(max(value, 0.0), 3)
 
 
 def _failure_message(case: _Case) -> str:

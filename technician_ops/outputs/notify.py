@@ -1,7 +1,8 @@
 """A chat message when a run needs a human: Slack-compatible incoming webhooks.
 
-Slack, Mattermost, Rocket.Chat and most chat bridges accept the same
-``{"text": ..., "attachments": [...]}`` POST.  A notification is best effort
+Slack shows the message's Block Kit ``blocks``; Mattermost, Rocket.Chat and
+most chat bridges accept the same POST and show its ``text`` and legacy
+``attachments`` (see ``message_for``).  A notification is best effort
 by design: ``notify`` never raises and its result never changes the run's
 outcome or exit code; the caller reports a failed notification as a notice.
 
@@ -34,6 +35,7 @@ _HEADLINE = {
     "interrupted": "was interrupted",
     "succeeded": "succeeded",
 }
+MAX_VALUE = 300  # characters of one run value in the message; escaped, at most 5x that (``&amp;``)
 MAX_RETRY_AFTER = 30.0  # seconds: a 429's Retry-After beyond this is not worth holding a run's exit for
 
 
@@ -50,32 +52,67 @@ def should_notify(outcome: Outcome | str) -> bool:
 
 
 def message_for(run_end: Mapping[str, Any], runbook: str) -> dict[str, Any]:
-    """The webhook payload for a RUN_END event's data (already redacted by the bus)."""
+    """The webhook payload for a RUN_END event's data (already redacted by the bus).
+
+    One message in three renderings: Block Kit ``blocks`` (what Slack shows);
+    ``text``, which Slack requires beside blocks as the fallback for
+    notifications and screen readers; and the legacy ``attachments``, which
+    Mattermost, Rocket.Chat and other Slack-compatible receivers still render
+    while they ignore blocks.  Every value taken from the run (runbook, step,
+    host names, run id) is escaped for Slack's markup, so a runbook named
+    ``<!channel>`` is shown, never obeyed.
+    """
     outcome = str(run_end.get("outcome", "unknown"))
-    run_id = str(run_end.get("run_id") or "")
-    headline = f"technician-ops: runbook {runbook} {_HEADLINE.get(outcome, outcome)}"
-    fields: list[dict[str, Any]] = [
-        {"title": "Outcome", "value": outcome, "short": True},
-        {"title": "Exit code", "value": str(run_end.get("exit_code", "")), "short": True},
-    ]
-    failed_step = run_end.get("failed_step")
-    hosts = [str(h) for h in run_end.get("failed_hosts") or []]
+    run_id = _value(str(run_end.get("run_id") or ""))
+    name = _value(runbook)
+    headline = _value(_HEADLINE.get(outcome, outcome))
+    failed_step = _value(str(run_end.get("failed_step") or ""))
+    hosts = _value(", ".join(str(h) for h in run_end.get("failed_hosts") or []))
+    fields = [("Outcome", _value(outcome)), ("Exit code", _value(str(run_end.get("exit_code", ""))))]
     if failed_step:
-        fields.append({"title": "Failed step", "value": str(failed_step), "short": True})
+        fields.append(("Failed step", failed_step))
     if hosts:
-        fields.append({"title": "Failed hosts", "value": ", ".join(hosts), "short": True})
+        fields.append(("Failed hosts", hosts))
     if run_end.get("duration") is not None:
-        fields.append({"title": "Duration", "value": f"{float(run_end['duration']):.1f}s", "short": True})
-    fields.append({"title": "Run id", "value": run_id, "short": False})
-    text = headline
-    if failed_step:
-        text += f" at step {failed_step}" + (f" on {', '.join(hosts)}" if hosts else "")
-    text += f" (run {run_id}; `technician-ops history {runbook}`)"
+        fields.append(("Duration", f"{float(run_end['duration']):.1f}s"))
+    where = (f" at step {failed_step}" if failed_step else "") + (f" on {hosts}" if hosts else "")
+    lookup = f"`technician-ops history {name}`"
+    text = f"technician-ops: runbook {name} {headline}{where} (run {run_id}; {lookup})"
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": _clip(f"Runbook {headline}", 150)}},
+        {"type": "section", "text": _mrkdwn(_clip(f"*{name}* {headline}{where}", 3000)),
+         "fields": [_mrkdwn(f"*{title}*\n{value}") for title, value in fields]},
+        {"type": "context", "elements": [_mrkdwn(f"run {run_id} · {lookup}")]},
+    ]
+    legacy = [{"title": title, "value": value, "short": True} for title, value in fields]
+    legacy.append({"title": "Run id", "value": run_id, "short": False})
     return {
         "text": text,
-        "attachments": [{"color": _COLOR.get(outcome, "danger"), "fallback": text, "fields": fields,
+        "blocks": blocks,
+        "attachments": [{"color": _COLOR.get(outcome, "danger"), "fallback": text, "fields": legacy,
                          "footer": "technician-ops", "ts": int(time.time())}],
     }
+
+
+def _value(raw: str) -> str:
+    """A value from the run as Slack text: clipped (Slack caps a field at 2,000 characters), then escaped."""
+    return _escape(_clip(raw, MAX_VALUE))
+
+
+def _escape(text: str) -> str:
+    """Slack's three escapes: ``<`` would open a mention (``<!channel>``) or a link, ``&`` an entity.
+
+    ``*``, ``_`` and backquotes are left alone: at worst they restyle a name, they cannot address anyone.
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _mrkdwn(text: str) -> dict[str, str]:
+    return {"type": "mrkdwn", "text": text}
 
 
 def notify(url: str, payload: Mapping[str, Any], *, retries: int = 4, backoff: float = 0.5, timeout: float = 5,

@@ -18,8 +18,9 @@ from technician_ops.fsutil import regular_file_or_absent
 
 class Reports:
     def __init__(self, runbook_name: str, step_names: list[str] | None, *, junit: str | None = None,
-                 metrics: str | None = None, notify_url: str | None = None) -> None:
+                 metrics: str | None = None, notify_url: str | None = None, check: bool = False) -> None:
         self.runbook_name = runbook_name
+        self.check = check  # a --check run: its metrics are kept apart from the real runs'
         self.junit_path, self.metrics_path, self.notify_url = junit, metrics, notify_url
         self.run_end: dict[str, Any] = {}
         self.junit: Any = None
@@ -59,7 +60,8 @@ class Reports:
             try:
                 if problem:
                     raise OSError(problem)
-                write_metrics(self.metrics_path, self.runbook_name, outcome, duration, time.time(), code)
+                write_metrics(self.metrics_path, self.runbook_name, outcome, duration, time.time(), code,
+                              check=self.check)
             except TechnicianOpsError as exc:
                 warnings.append(f"metrics not written: {exc.message}")
             except OSError as exc:

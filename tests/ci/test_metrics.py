@@ -1,17 +1,22 @@
-"""The textfile-collector file, read back with prometheus_client's own parser."""
+"""The textfile-collector file, read back with prometheus_client's own parser and linted by promtool."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from technician_ops.engine.request import RunResult
+from technician_ops.errors import ExitCode
 from technician_ops.events import Outcome
 from technician_ops.outputs.metrics import OUTCOMES, MetricsError, runbooks_in, write_metrics
+from technician_ops.outputs.reports import Reports
 
 
 def parse(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -23,8 +28,17 @@ def parse(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def value(samples: dict, name: str, runbook: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted({"runbook": runbook, **labels}.items()))))
+def value(samples: dict, name: str, runbook: str, check: str = "false", **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted({"runbook": runbook, "check": check, **labels}.items()))))
+
+
+def promtool_check(path: Path) -> None:
+    """What Prometheus' own linter says of the file: nothing, with exit 0."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not on PATH: scripts/setup installs it (Debian package prometheus)")
+    proc = subprocess.run([promtool, "check", "metrics"], input=path.read_bytes(), capture_output=True, timeout=60)
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, b"")
 
 
 def test_two_runbooks_share_a_file_and_failure_keeps_last_success(tmp_path: Path) -> None:
@@ -49,6 +63,7 @@ def test_two_runbooks_share_a_file_and_failure_keeps_last_success(tmp_path: Path
     assert len([k for k in samples if k[0] == "technician_ops_last_run_outcome"]) == 2 * len(OUTCOMES)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert sorted(p.name for p in path.parent.iterdir()) == ["technician_ops.prom", "technician_ops.prom.lock"]
+    promtool_check(path)
 
 
 def test_never_succeeded_has_no_success_series_then_success_sets_it(tmp_path: Path) -> None:
@@ -61,12 +76,13 @@ def test_never_succeeded_has_no_success_series_then_success_sets_it(tmp_path: Pa
 
 def test_label_values_are_escaped(tmp_path: Path) -> None:
     path = tmp_path / "m.prom"
-    odd = 'we"ird\\name'
+    odd = 'we"ird\\name\nline two'
     write_metrics(path, odd, Outcome.INTERRUPTED, 2.0, 5.0, 130)
     write_metrics(path, "plain", Outcome.SUCCEEDED, 2.0, 6.0, 0)
     samples = parse(path)
     assert value(samples, "technician_ops_last_run_exit_code", odd) == 130
     assert value(samples, "technician_ops_last_run_outcome", odd, outcome="interrupted") == 1
+    promtool_check(path)
 
 
 def test_concurrent_writers_lose_no_runbook(tmp_path: Path) -> None:
@@ -100,6 +116,72 @@ def test_rewrite_is_stable_and_groups_by_runbook(tmp_path: Path) -> None:
     first = path.read_text()
     write_metrics(path, "b", Outcome.FAILED, 1.0, 1.0, 1)
     assert path.read_text() == first  # reading back and rewriting changes nothing
-    outcome_lines = [line for line in first.splitlines() if line.startswith("technician_ops_last_run_outcome{")]
-    assert all(line.startswith('technician_ops_last_run_outcome{runbook="') for line in outcome_lines)
-    assert [line.split('"')[1] for line in outcome_lines] == ["a"] * len(OUTCOMES) + ["b"] * len(OUTCOMES)
+    [outcomes] = [f for f in text_string_to_metric_families(first) if f.name == "technician_ops_last_run_outcome"]
+    assert [s.labels["runbook"] for s in outcomes.samples] == ["a"] * len(OUTCOMES) + ["b"] * len(OUTCOMES)
+
+
+def test_a_check_run_keeps_the_real_runs_outcome(tmp_path: Path) -> None:
+    path = tmp_path / "m.prom"
+    write_metrics(path, "db-backup", Outcome.ROLLED_BACK, 40.0, 1_700_000_000, 3)
+    write_metrics(path, "db-backup", Outcome.SUCCEEDED, 2.0, 1_700_000_500, 0, check=True)
+    samples = parse(path)
+    real = {o: value(samples, "technician_ops_last_run_outcome", "db-backup", outcome=o) for o in OUTCOMES}
+    dry = {o: value(samples, "technician_ops_last_run_outcome", "db-backup", "true", outcome=o) for o in OUTCOMES}
+    assert [o for o, v in real.items() if v == 1] == ["rolled_back"] and sum(real.values()) == 1
+    assert [o for o, v in dry.items() if v == 1] == ["succeeded"] and sum(dry.values()) == 1
+    assert value(samples, "technician_ops_last_run_exit_code", "db-backup") == 3
+    assert value(samples, "technician_ops_last_run_exit_code", "db-backup", "true") == 0
+    # a dry run's success is not the runbook's: the real series still has none
+    assert value(samples, "technician_ops_last_success_timestamp_seconds", "db-backup") is None
+    assert value(samples, "technician_ops_last_success_timestamp_seconds", "db-backup", "true") == 1_700_000_500
+    assert {dict(labels)["check"] for _, labels in samples} == {"true", "false"}
+    promtool_check(path)
+
+
+def test_a_real_run_replaces_only_the_real_series(tmp_path: Path) -> None:
+    path = tmp_path / "m.prom"
+    write_metrics(path, "rb", Outcome.FAILED, 1.0, 100.0, 1, check=True)
+    write_metrics(path, "rb", Outcome.SUCCEEDED, 1.0, 200.0, 0)
+    write_metrics(path, "rb", Outcome.FAILED, 1.0, 300.0, 1)
+    samples = parse(path)
+    assert value(samples, "technician_ops_last_run_outcome", "rb", outcome="failed") == 1
+    assert value(samples, "technician_ops_last_success_timestamp_seconds", "rb") == 200.0
+    assert value(samples, "technician_ops_last_run_timestamp_seconds", "rb") == 300.0
+    assert value(samples, "technician_ops_last_run_timestamp_seconds", "rb", "true") == 100.0
+    assert len([k for k in samples if k[0] == "technician_ops_last_run_outcome"]) == 2 * len(OUTCOMES)
+
+
+def test_series_from_before_the_check_label_are_taken_as_real_runs(tmp_path: Path) -> None:
+    path = tmp_path / "m.prom"
+    path.write_text(
+        "# HELP technician_ops_last_run_exit_code Exit code of the runbook's last run.\n"
+        "# TYPE technician_ops_last_run_exit_code gauge\n"
+        'technician_ops_last_run_exit_code{runbook="old"} 4\n'
+        'technician_ops_last_run_exit_code{runbook="rb"} 1\n'
+        "# HELP technician_ops_last_success_timestamp_seconds Unix time at which the runbook last succeeded.\n"
+        "# TYPE technician_ops_last_success_timestamp_seconds gauge\n"
+        'technician_ops_last_success_timestamp_seconds{runbook="rb"} 50\n')
+    write_metrics(path, "rb", Outcome.FAILED, 1.0, 100.0, 1)
+    samples = parse(path)
+    assert all("check" in dict(labels) for _, labels in samples)  # no unlabelled duplicate left behind
+    assert value(samples, "technician_ops_last_run_exit_code", "old") == 4
+    assert value(samples, "technician_ops_last_success_timestamp_seconds", "rb") == 50
+    promtool_check(path)
+
+
+def test_reports_of_a_check_run_write_the_check_series(tmp_path: Path) -> None:
+    path = tmp_path / "m.prom"
+    result = RunResult("r1", Outcome.SUCCEEDED, ExitCode.OK, None, {}, {}, None, 1.5)
+    assert Reports("rb", None, metrics=str(path), check=True).finish(result, None) == []
+    assert Reports("rb", None, metrics=str(path)).finish(result, None) == []
+    samples = parse(path)
+    assert value(samples, "technician_ops_last_run_outcome", "rb", "true", outcome="succeeded") == 1
+    assert value(samples, "technician_ops_last_run_outcome", "rb", "false", outcome="succeeded") == 1
+
+
+def test_promtool_finds_what_it_should(tmp_path: Path) -> None:
+    """The lint must be able to fail, or the checks above prove nothing."""
+    path = tmp_path / "bad.prom"
+    path.write_text("# TYPE requests_total gauge\nrequests_total 1\n")
+    with pytest.raises(AssertionError):
+        promtool_check(path)

@@ -1,4 +1,8 @@
-"""notify() against a real HTTP server on 127.0.0.1 (http.server in a thread)."""
+"""notify() against a real HTTP server on 127.0.0.1 (http.server in a thread); payloads checked with Slack's SDK.
+
+slack_sdk (a test dependency only) parses the Block Kit blocks into its own
+models and validates them: block types, required keys, Slack's length limits.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,16 @@ import json
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
+from slack_sdk.models.blocks import Block
 
-from technician_ops.events import Outcome
+from technician_ops.engine.redact import Redactor
+from technician_ops.events import Bus, Event, Kind, Outcome
 from technician_ops.outputs.notify import message_for, notify, should_notify
 
 
@@ -69,6 +77,29 @@ RUN_END = {"run_id": "01HX-RUN", "outcome": "rolled_back", "exit_code": 3, "dura
            "failed_step": "migrate", "failed_hosts": ["db1", "db2"]}
 
 
+def slack_blocks(payload: dict[str, Any]) -> list[Block]:
+    """The payload's blocks as Slack's SDK reads them; any unknown key or broken limit fails the test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # slack_sdk warns about keys it does not know
+        blocks = [Block.parse(b) for b in payload["blocks"]]
+        for block in blocks:
+            assert block is not None
+            block.validate_json()
+    assert [b.to_dict() for b in blocks] == payload["blocks"]  # nothing dropped in the reading
+    return blocks
+
+
+def strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+
+
 def test_success_posts_the_slack_payload(hook_factory) -> None:
     hook = hook_factory([200])
     payload = message_for(RUN_END, "db-migrate")
@@ -82,6 +113,61 @@ def test_success_posts_the_slack_payload(hook_factory) -> None:
     fields = {f["title"]: f["value"] for f in body["attachments"][0]["fields"]}
     assert fields["Failed step"] == "migrate" and fields["Failed hosts"] == "db1, db2"
     assert fields["Run id"] == "01HX-RUN" and fields["Outcome"] == "rolled_back"
+
+
+def test_block_kit_header_section_context(hook_factory) -> None:
+    hook = hook_factory([200])
+    assert notify(hook.url, message_for(RUN_END, "db-migrate")).ok
+    body = hook.received[0][2]
+    header, section, context = slack_blocks(body)
+    assert (header.type, section.type, context.type) == ("header", "section", "context")
+    assert header.text.type == "plain_text" and header.text.text == "Runbook failed and was rolled back"
+    assert section.text.text == "*db-migrate* failed and was rolled back at step migrate on db1, db2"
+    assert [f.text for f in section.fields] == ["*Outcome*\nrolled_back", "*Exit code*\n3", "*Failed step*\nmigrate",
+                                                "*Failed hosts*\ndb1, db2", "*Duration*\n12.3s"]
+    [run] = context.elements
+    assert "01HX-RUN" in run.text and "technician-ops history db-migrate" in run.text
+    assert body["text"].startswith("technician-ops: runbook db-migrate failed and was rolled back")  # the fallback
+
+
+def test_values_from_the_run_cannot_ping_or_link() -> None:
+    """A runbook, step or host name is data: Slack must show ``<!channel>``, not notify the channel."""
+    run_end = {**RUN_END, "run_id": "r<@U0>", "failed_step": "<https://evil.example|click>",
+               "failed_hosts": ["db&1", "<!here>"]}
+    payload = message_for(run_end, "<!channel>")
+    texts = list(strings(payload))
+    assert not [t for t in texts if "<" in t or ">" in t]
+    assert "&lt;!channel&gt;" in payload["text"] and "&lt;!here&gt;" in payload["text"]
+    assert "db&amp;1" in payload["text"] and "r&lt;@U0&gt;" in payload["text"]
+    header, section, context = slack_blocks(payload)
+    assert section.text.text.startswith("*&lt;!channel&gt;* failed")
+    assert "&lt;https://evil.example|click&gt;" in section.text.text
+    fields = {f["title"]: f["value"] for f in payload["attachments"][0]["fields"]}
+    assert fields["Failed hosts"] == "db&amp;1, &lt;!here&gt;"
+
+
+def test_a_thousand_hosts_stay_within_slacks_limits() -> None:
+    hosts = [f"web-{i:04d}.example.internal" for i in range(1000)]
+    payload = message_for({**RUN_END, "failed_hosts": hosts}, "&" * 1000)
+    slack_blocks(payload)  # validate_json: a field over 2,000 characters or a section over 3,000 fails here
+    assert "web-0000.example.internal" in payload["text"] and "web-0999" not in payload["text"]
+
+
+def test_secrets_never_reach_the_payload() -> None:
+    """The payload is built from the bus's RUN_END, which the redactor has already cleaned."""
+    ends: list[dict[str, Any]] = []
+
+    class Keep:
+        def handle(self, event: Event) -> None:
+            if event.kind is Kind.RUN_END:
+                ends.append(dict(event.data))
+
+    bus = Bus([Keep()], redactor=Redactor(["hunter2-secret"]))
+    bus.emit(Kind.RUN_END, run_id="r1", outcome="failed", exit_code=1, duration=1.0,
+             failed_step="login-hunter2-secret", failed_hosts=["db1"])
+    payload = message_for(ends[0], "db-migrate")
+    assert "hunter2-secret" not in json.dumps(payload)
+    assert "Failed step" in {f["title"] for f in payload["attachments"][0]["fields"]}
 
 
 def test_500_then_200_is_ok_after_two_attempts(hook_factory) -> None:
