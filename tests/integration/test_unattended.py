@@ -78,9 +78,9 @@ def test_junit_metrics_and_notification_on_rollback(demo, tmp_path: Path) -> Non
 
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(metrics.read_text()) for s in family.samples}
-    key = ("technician_ops_last_run_outcome", (("outcome", "rolled_back"), ("runbook", "release-with-healthcheck")))
+    key = ("technician_ops_last_run_outcome", (("check", "false"), ("outcome", "rolled_back"), ("runbook", "release-with-healthcheck")))
     assert samples[key] == 1
-    assert samples[("technician_ops_last_run_exit_code", (("runbook", "release-with-healthcheck"),))] == 3
+    assert samples[("technician_ops_last_run_exit_code", (("check", "false"), ("runbook", "release-with-healthcheck")))] == 3
     assert len(received) == 2  # 500, then retried to 200
     assert "rolled_back" in json.dumps(received[-1]) and "health-check" in json.dumps(received[-1])
 
