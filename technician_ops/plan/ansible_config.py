@@ -80,9 +80,12 @@ def read(path: Path) -> BaseConfig:
     parser = _parser()
     try:
         parser.read_string(data.decode("utf-8"), source=str(path))
+    except configparser.ParsingError as exc:
+        bad_line, text = exc.errors[0] if exc.errors else (0, "")
+        raise ConfigError(f"{path}:{bad_line}: not a valid ansible.cfg line: {text.strip()!r}") from None
     except (configparser.Error, UnicodeDecodeError) as exc:
-        line = getattr(exc, "lineno", None)
-        where = f"{path}:{line}" if line else str(path)
+        lineno = getattr(exc, "lineno", None)
+        where = f"{path}:{lineno}" if lineno else str(path)
         raise ConfigError(f"{where}: not a valid ansible.cfg: {str(exc).splitlines()[0]}") from None
     settings = {section: dict(parser.items(section, raw=True)) for section in parser.sections()}
     _absolute_paths(settings, path.parent)

@@ -21,7 +21,6 @@ them with the same meaning, for every Ansible step, and records them.
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,17 +110,18 @@ def _one(item: str, cwd: Path) -> dict[str, Any]:
         return _from_file(cwd / text[1:])
     if text.startswith("{"):
         return _mapping(text, f"-e {item!r}")
+    # Ansible's own KEY=VALUE parser: quotes, and a {{ ... }} kept whole, exactly as ansible-playbook -e.
+    from ansible.errors import AnsibleError
+    from ansible.parsing.splitter import parse_kv
+
     try:
-        words = shlex.split(text)
-    except ValueError as exc:
-        raise ParameterError(f"-e {item!r}: {exc}") from None
-    out: dict[str, Any] = {}
-    for word in words:
-        key, sep, value = word.partition("=")
-        if not sep or not key:
-            raise ParameterError(f"-e {item!r}: write KEY=VALUE, an inline YAML/JSON mapping, or @FILE")
-        out[key] = value  # Ansible's KEY=VALUE is a string: 1 stays "1"
-    return out
+        pairs = parse_kv(text)
+    except AnsibleError as exc:
+        raise ParameterError(f"-e {item!r}: {exc.message}") from None
+    if not pairs or "_raw_params" in pairs:
+        raise ParameterError(f"-e {item!r}: write KEY=VALUE (quote a value with spaces), an inline YAML/JSON "
+                             "mapping, or @FILE")
+    return {str(k): str(v) for k, v in pairs.items()}  # Ansible's KEY=VALUE is a string: 1 stays "1"
 
 
 def _from_file(path: Path) -> dict[str, Any]:
