@@ -360,16 +360,36 @@ def schedule(project: Project, warn: Warn | None = None) -> list[ScheduleEntry]:
     return entries(project.root, runbooks)
 
 
-def schedule_export(project: Project, fmt: str, *, binary: str, log_dir: Path | None = None,
+def schedule_export(project: Project, fmt: str, *, binary: str, log_dir: Path | None = None, user: str | None = None,
                     warn: Warn | None = None) -> str | dict[str, str]:
-    """Crontab text, or ``{unit file name: text}`` for systemd."""
-    from technician_ops.outputs.schedule import export_crontab, export_systemd
+    """Crontab text (``crontab``), an /etc/cron.d file (``cron.d``), or ``{unit file name: text}`` (``systemd``).
 
+    Cron lines log to ``log_dir`` (default: the state dir's ``logs/``), systemd
+    units to the journal unless ``log_dir`` is given; a relative ``log_dir`` is
+    taken from the current directory.  ``user``: the cron.d user field
+    (default: the current user) or the units' ``User=``; a user crontab has no
+    user field, so ``crontab`` refuses one.
+    """
+    import shlex
+
+    from technician_ops.errors import UsageError
+    from technician_ops.outputs.schedule import current_user, export_cron_d, export_crontab, export_systemd
+
+    if fmt not in ("crontab", "cron.d", "systemd"):
+        raise UsageError(f"unknown schedule format {fmt!r} (crontab, cron.d, systemd)")
+    if fmt == "crontab" and user is not None:
+        raise UsageError("a user crontab has no user field: it runs as its owner",
+                         hint=f"use --format cron.d --user {shlex.quote(user)}, or install it with "
+                              f"crontab -u {shlex.quote(user)} -")
     items = schedule(project, warn)
-    logs = log_dir or project.state_dir / "logs"
-    if fmt == "crontab":
-        return export_crontab(items, technician_ops_bin=binary, project_root=project.root, log_dir=logs)
-    return export_systemd(items, technician_ops_bin=binary, project_root=project.root, log_dir=logs)
+    given = Path(log_dir).absolute() if log_dir is not None else None
+    if fmt == "systemd":
+        return export_systemd(items, technician_ops_bin=binary, project_root=project.root, log_dir=given, user=user)
+    logs = given or project.state_dir / "logs"
+    if fmt == "cron.d":
+        return export_cron_d(items, technician_ops_bin=binary, project_root=project.root, log_dir=logs,
+                             user=user if user is not None else current_user())
+    return export_crontab(items, technician_ops_bin=binary, project_root=project.root, log_dir=logs)
 
 
 # The building blocks a script may want beside the commands, loaded on first use (``--help`` and

@@ -254,21 +254,30 @@ def schedule_list_cmd(ctx: click.Context) -> None:
 
 
 @schedule_group.command("export")
-@click.option("--format", "fmt", type=click.Choice(["crontab", "systemd"]), default="crontab", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["crontab", "cron.d", "systemd"]), default="crontab", show_default=True,
+              help="crontab: lines for 'crontab -e'; cron.d: a file for /etc/cron.d (with a user field); "
+                   "systemd: .service/.timer units.")
 @click.option("--bin", "binary", type=click.Path(), help="technician-ops executable (default: the one on PATH).")
-@click.option("--log-dir", type=click.Path(file_okay=False), help="Where scheduled runs log (default: .technician-ops/logs).")
+@click.option("--log-dir", type=click.Path(file_okay=False),
+              help="Where scheduled runs log; made by the job if missing (cron default: .technician-ops/logs; "
+                   "systemd default: the journal).")
+@click.option("--user", help="cron.d: the user the lines run as (default: the current user); systemd: User=.")
 @click.option("-o", "--output-dir", "out", type=click.Path(file_okay=False), help="systemd: write the unit files here.")
 @click.pass_context
-def schedule_export_cmd(ctx: click.Context, fmt: str, binary: str | None, log_dir: str | None, out: str | None) -> None:
-    """Print crontab lines (or write systemd .service/.timer units) for scheduled runbooks."""
+def schedule_export_cmd(ctx: click.Context, fmt: str, binary: str | None, log_dir: str | None, user: str | None,
+                        out: str | None) -> None:
+    """Print crontab or /etc/cron.d lines (or write systemd .service/.timer units) for scheduled runbooks."""
     import shutil
     from pathlib import Path
 
     from technician_ops.api import schedule_export
 
+    if out and fmt != "systemd":
+        where = "> /etc/cron.d/technician-ops" if fmt == "cron.d" else "| crontab - (see docs/ci.md)"
+        raise click.UsageError(f"-o/--output-dir writes systemd units; send {fmt} output on instead: {where}")
     exe = binary or shutil.which("technician-ops") or str(Path(sys.executable).parent / "technician-ops")
     exported = schedule_export(_project(ctx), fmt, binary=str(Path(exe).resolve()),
-                               log_dir=Path(log_dir) if log_dir else None, warn=_warn)
+                               log_dir=Path(log_dir) if log_dir else None, user=user, warn=_warn)
     if isinstance(exported, str):
         click.echo(exported, nl=False)
         return
