@@ -153,6 +153,9 @@ def test_diff_shows_what_changed_in_files(fit) -> None:  # type: ignore[no-untyp
     diffs = [e for e in events if e["event"] == "diff"]
     assert result.outcome is Outcome.SUCCEEDED and len(diffs) == 1
     assert diffs[0]["host"] == "web1" and "-0 -" in diffs[0]["diff"] and "+1 -" in diffs[0]["diff"]
+    schema = json.loads((Path(__file__).resolve().parents[2] / "docs" / "events.schema.json").read_text())
+    assert "diff" in schema["properties"]["event"]["enum"]
+    assert all(k in diffs[0] for k in schema["x-required-by-event"]["diff"])
 
 
 def test_show_reports_the_hosts_a_playbook_targets(fit) -> None:  # type: ignore[no-untyped-def]
