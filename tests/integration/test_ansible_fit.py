@@ -183,3 +183,13 @@ def test_a_runme_notebook_runs_with_explicit_hosts(demo) -> None:  # type: ignor
     assert result.outcome is Outcome.SUCCEEDED, [e for e in events if e["event"] in ("host_result", "notice")]
     assert [(e["step"], e["host"]) for e in events if e["event"] == "host_result"] == [("vars", "web1"), ("vars2", "web1")]
     assert record["hosts_given"] == "web1"
+
+
+def test_an_extra_variable_may_not_carry_a_secret(demo) -> None:  # type: ignore[no-untyped-def]
+    demo.write_runbook("with-secret", "---\nhosts: web\nparams:\n  token: {type: secret, required: true}\n---\n"
+                       "```sh {name=use undo=none}\ntest -n \"$TOKEN\"\n```\n")
+    secret = "s3cr3t-canary-value-42"
+    with pytest.raises(ParameterError) as exc:
+        _run(demo, "with-secret", environ={"TECHNICIAN_OPS_PARAM_TOKEN": secret}, extra_vars=(f"dsn=pg://u:{secret}@db",))
+    assert "holds a secret parameter's value" in exc.value.message and secret not in exc.value.message
+    assert not list(demo.root.rglob("extra-vars.yml"))  # refused before any file was written
