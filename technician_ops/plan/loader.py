@@ -448,7 +448,7 @@ def _steps(
         if undo_of is not None:
             undo_blocks.append(step)
         else:
-            if not (attrs.get("hosts") or meta.get("hosts") or kind.controller):
+            if not (attrs.get("hosts") or meta.get("hosts") or kind.controller or kind.own_hosts):
                 out.error(line, f"step {name!r} has no hosts: add hosts=PATTERN or a front matter 'hosts:'")
             steps.append(step)
     undos: dict[str, Step] = {}

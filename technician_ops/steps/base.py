@@ -348,12 +348,14 @@ _NOT_FACTS = frozenset({
 _NOT_FACT_PREFIXES = ("become_", "ssh_", "sftp_", "scp_", "paramiko_", "winrm_", "psrp_", "httpapi_", "netconf_",
                       "network_", "persistent_", "docker_", "kubectl_", "jinja2_", "vault_")
 _ANSIBLE_VAR = re.compile(r"(?<![A-Za-z0-9_])ansible_([A-Za-z0-9_]+)")
+_ROLE = re.compile(r"(?<![A-Za-z0-9_.])(?:ansible\.builtin\.)?(?:include|import)_role\s*:")
 
 
 def uses_facts(step: Step) -> bool:
     """Whether ``step`` reads gathered facts, so its play must gather them.
 
-    ``facts=true|false`` on the fence decides when given; otherwise any
+    ``facts=true|false`` on the fence decides when given; otherwise a role
+    (``include_role``/``import_role``: its tasks cannot be read here), or any
     ``ansible_facts`` or fact-like ``ansible_*`` name in the body or in
     ``when`` does.  Steps that do not read facts never gather (issue 9:
     gathering cost 1.40x at 10 hosts).
@@ -361,6 +363,8 @@ def uses_facts(step: Step) -> bool:
     explicit = step.attrs.get("facts")
     if explicit is not None:
         return explicit.lower() in ("true", "yes")
+    if _ROLE.search(step.body):  # a role's tasks are out of sight: gather, as ansible-playbook would
+        return True
     for text in (step.body, step.attrs.get("when", "")):
         for m in _ANSIBLE_VAR.finditer(text):
             name = m.group(1)
