@@ -18,8 +18,8 @@ inventory (the same vars), the content runs three ways, each on fresh targets:
   nothing about ``gather_facts``, so Ansible's default applies: gather; the
   step must honour that, or the facts tests below fail);
 * ``include_role``: a ``kind=ansible`` step whose body is the example's own
-  task, ``include_role: ansible-sshd`` with the same vars (``facts=true``:
-  the step cannot see that the role reads facts);
+  task, ``include_role: ansible-sshd`` with the same vars (no ``facts=``: a
+  step that includes a role gathers, as ansible-playbook does);
 
 and each technician-ops way a second time, which must change nothing.
 
@@ -234,7 +234,7 @@ summary: The role through include_role, with the example's vars.
 hosts: pub
 ---
 
-```yaml {{name={STEP} facts=true}}
+```yaml {{name={STEP}}}
 {body}```
 
 ```yaml {{rollback={STEP}}}
