@@ -28,12 +28,13 @@ if TYPE_CHECKING:
     from technician_ops.audit.chain import VerifyResult
     from technician_ops.events import Sink
     from technician_ops.outputs.schedule import ScheduleEntry
+    from technician_ops.outputs.stats import StatsReport
     from technician_ops.steps.backup.controller import BackupEntry
 
 __all__ = [
     "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "audit_anchor", "audit_export", "audit_verify", "compile_runbook",
-    "history", "lint", "list_backups", "list_runbooks", "load", "open_project", "recover_run", "rollback_run",
-    "run", "run_command", "schedule", "schedule_export", "show",
+    "history", "lint", "list_backups", "list_runbooks", "load", "open_project", "recover_run",
+    "rollback_run", "run", "run_command", "schedule", "schedule_export", "show", "stats",
 ]
 
 Warn = Callable[[str], None]
@@ -341,6 +342,32 @@ def audit_export(project: Project, out: TextIO) -> int:
     """Every finished record in chain order, one canonical JSON object per line; returns how many."""
     with _store(project, reading=True) as store:
         return int(store.export_jsonl(out))
+
+
+def stats(project: Project, runbook: str | None = None, *, since: dt.datetime | None = None,
+          metrics_file: Path | None = None, audit: Any = None) -> StatsReport:
+    """Per runbook: runs by outcome, rates, p50/p95 duration, recovery time (``outputs/stats.py`` says how).
+
+    ``since``: runs started at or after it (naive: UTC).  ``metrics_file``: the same figures as
+    Prometheus gauges, in a file of their own, replaced whole (docs/postmortem.md).
+    """
+    import time
+
+    from technician_ops.outputs.stats import StatsReport, compute, write_metrics_file
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.timezone.utc)
+    with _store(project, audit, reading=True) as store:
+        rows = store.run_rows(runbook, since)
+    report = StatsReport(compute(rows), since=since, runbook=runbook)
+    if metrics_file is not None:
+        from technician_ops.errors import StorageError
+
+        try:
+            report.metrics_file = write_metrics_file(Path(metrics_file), report, time.time())
+        except OSError as exc:
+            raise StorageError.from_os(exc, f"write the metrics file {metrics_file}") from None
+    return report
 
 
 # -- schedules --------------------------------------------------------------------------------
