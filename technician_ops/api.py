@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "audit_anchor", "audit_export", "audit_verify", "compile_runbook",
-    "history", "lint", "list_backups", "list_runbooks", "load", "open_project", "recover_run",
+    "history", "lint", "list_backups", "list_runbooks", "load", "open_project", "postmortem", "recover_run",
     "rollback_run", "run", "run_command", "schedule", "schedule_export", "show", "stats",
 ]
 
@@ -344,6 +344,30 @@ def audit_export(project: Project, out: TextIO) -> int:
         return int(store.export_jsonl(out))
 
 
+def postmortem(project: Project, run_ids: list[str], *, out: Path | None = None, audit: Any = None) -> str:
+    """A blameless post-mortem draft (Markdown) from the records of ``run_ids`` (unique prefixes are enough).
+
+    Runs in any order: the draft sorts them by start.  ``out``: also written there, atomically, 0600
+    (it names hosts, operators and parameters, like the store).  Unknown ids raise ``NotFound``.
+    """
+    from technician_ops.errors import UsageError
+    from technician_ops.outputs.postmortem import draft
+
+    if not run_ids:
+        raise UsageError("name at least one run id", hint="'technician-ops history' lists recent runs")
+    if out is not None:
+        _check_output(out, "the post-mortem")
+    with _store(project, audit, reading=True) as store:
+        records: dict[str, dict[str, Any]] = {}
+        for run_id in run_ids:
+            record = store.get(run_id)
+            records.setdefault(str(record.get("run_id")), record)  # the same run named twice is drafted once
+    text = draft(list(records.values()))
+    if out is not None:
+        _write_output(out, text.encode("utf-8"), mode=0o600, what="the post-mortem")
+    return text
+
+
 def stats(project: Project, runbook: str | None = None, *, since: dt.datetime | None = None,
           metrics_file: Path | None = None, audit: Any = None) -> StatsReport:
     """Per runbook: runs by outcome, rates, p50/p95 duration, recovery time (``outputs/stats.py`` says how).
@@ -368,6 +392,27 @@ def stats(project: Project, runbook: str | None = None, *, since: dt.datetime | 
         except OSError as exc:
             raise StorageError.from_os(exc, f"write the metrics file {metrics_file}") from None
     return report
+
+
+def _check_output(out: Path, what: str) -> None:
+    """Refuse an output path that is not a regular file (or absent) in a directory, before any work."""
+    from technician_ops.errors import UsageError
+    from technician_ops.fsutil import regular_file_or_absent
+
+    problem = (f"{Path(out).parent} is not a directory" if not Path(out).parent.is_dir()
+               else regular_file_or_absent(Path(out)))
+    if problem:
+        raise UsageError(f"not writing {what}: {problem}")
+
+
+def _write_output(out: Path, data: bytes, *, mode: int, what: str) -> None:
+    from technician_ops.errors import StorageError
+    from technician_ops.fsutil import atomic_write
+
+    try:
+        atomic_write(Path(out), data, mode=mode)
+    except OSError as exc:
+        raise StorageError.from_os(exc, f"write {what} to {out}") from None
 
 
 # -- schedules --------------------------------------------------------------------------------

@@ -421,6 +421,24 @@ def recover_cmd(ctx: click.Context, run_id: str, yes: bool, output: str, skip_pr
     _undo_command(ctx, "recover", run_id, yes, output, skip_preflight, audit_url)
 
 
+@cli.command("postmortem")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID...")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Write the draft here (default: stdout).")
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.pass_context
+def postmortem_cmd(ctx: click.Context, run_ids: tuple[str, ...], out: str | None, audit_url: str | None) -> None:
+    """Draft a blameless post-mortem (Markdown) from the records of one or more runs."""
+    from pathlib import Path
+
+    from technician_ops.api import postmortem
+
+    text = postmortem(_project(ctx, audit_url=audit_url), list(run_ids), out=Path(out) if out else None)
+    if out:
+        click.echo(f"post-mortem draft written to {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
 class _Since(click.ParamType):
     """A start time: YYYY-MM-DD[THH:MM[:SS]] (UTC unless it carries an offset), or an age: 7d, 12h, 2w."""
 
