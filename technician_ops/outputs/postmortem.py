@@ -27,6 +27,14 @@ OUTPUT_CHARS = 4000  # ... and at most this many characters of them
 ERROR_CHARS = 200  # an error in the timeline: its first line, cut here
 BROKEN = ("failed", "unreachable", "unknown")  # host statuses that are a failure there
 WHYS = 5
+# The timeline's phases, as its legend explains them (only the ones a draft uses are listed).
+PHASES = {
+    "detect": "what started a run (its origin)",
+    "act": "the run and its steps",
+    "rollback": "undo steps",
+    "end": "a run's end",
+    "resolve": "the end of the latest run, which succeeded",
+}
 
 # The characters that can start Markdown (or GitHub's extensions) inside a line: escapes, code, emphasis,
 # strikethrough, links and images, HTML and entities, table cells, a heading's closing #s, math.  Values
@@ -245,8 +253,9 @@ class Draft:
         for index, r in enumerate(self.records):
             entries.extend(self._entries(r, index, resolves=r is latest and r.get("outcome") == "succeeded"
                                          and not r.get("check")))
-        self.add("## Timeline (UTC)", "", "From the records; phases: detect (what started a run), act (its steps), "
-                 "rollback (undo), end / resolve (a run's end; resolve: the latest run, when it succeeded). "
+        used = {e.phase for e in entries}
+        legend = "; ".join(f"{phase}: {meaning}" for phase, meaning in PHASES.items() if phase in used)
+        self.add("## Timeline (UTC)", "", f"From the records. Phases: {legend}. "
                  f"_{TO_FILL}: add what happened outside these runs (alerts, messages, decisions)._", "",
                  "| time (UTC) | run | phase | what the record says |", "|---|---|---|---|")
         for e in sorted(entries):
