@@ -246,3 +246,10 @@ def test_cli_json_since_age_and_metrics_file(project_with_runs: Path, tmp_path: 
     assert clobber.returncode == ExitCode.USAGE and "Traceback" not in clobber.stderr
     assert "holds other metrics (technician_ops_last_run_exit_code)" in clobber.stderr
     assert run_metrics.read_text() == 'technician_ops_last_run_exit_code{runbook="rb",check="false"} 3\n'
+
+
+def test_docs_name_exactly_the_gauges_written() -> None:
+    from technician_ops.outputs.stats import FAMILIES
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "postmortem.md").read_text()
+    assert set(re.findall(r"technician_ops_stats_[a-z0-9_]+", doc)) == set(FAMILIES)
