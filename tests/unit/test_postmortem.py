@@ -355,3 +355,19 @@ def test_cli_prints_or_writes_and_fails_with_usage_codes(stored: tuple[Path, lis
     assert nodir.returncode == ExitCode.USAGE and "is not a directory" in nodir.stderr
     for p in (unknown, missing, nodir):
         assert "Traceback" not in p.stderr and "internal error" not in p.stderr
+
+
+def test_a_run_still_going_has_no_end_and_is_said_unsealed() -> None:
+    header = {"run_id": "01aa0000-0000-7000-8000-000000000008", "runbook": "release", "started_at": T0.isoformat(),
+              "operator": {"user": "alice", "host": "ops1"}, "origin": {"type": "ci", "system": "gitlab-ci",
+                                                                          "run_id": "77", "url": "https://ci.invalid/77"}}
+    going = fold(header, [("step_start", {"step": "ship", "kind": "shell", "hosts": "web", "phase": "run"}, ts(5))])
+    going.update(seq=None, hash=None, prev_hash=None)
+    text = draft([going])
+    timeline = table_after(text, "time (UTC) | run | phase | what the record says")
+    assert [(r["phase"], r["what the record says"]) for r in timeline] == [
+        ("detect", "origin type ci (run_id 77, system gitlab-ci, url https://ci.invalid/77)"),
+        ("act", f"run {going['run_id']} of release started by alice@ops1"),
+        ("act", "step ship (shell) started on web")]
+    assert "Latest run (R1): outcome running." in text
+    assert f"R1: run {going['run_id']}, not sealed yet (outcome running when read)" in text
