@@ -371,3 +371,16 @@ def test_a_run_still_going_has_no_end_and_is_said_unsealed() -> None:
         ("act", "step ship (shell) started on web")]
     assert "Latest run (R1): outcome running." in text
     assert f"R1: run {going['run_id']}, not sealed yet (outcome running when read)" in text
+
+
+def test_approvals_and_artifacts_are_reported_as_recorded() -> None:
+    rec = record("01aa0000-0000-7000-8000-000000000009", 0, [("restart", {"web1": ("changed", None)})])
+    rec["approvals"] = [{"step": "go-ahead", "approved": True, "by": "--approve", "user": "alice",
+                         "at": (T0 + dt.timedelta(seconds=3)).isoformat()}]
+    rec["artifacts"]["backup"] = [{"host": "web1", "path": "/etc/app.conf", "sha256": "12" * 32,
+                                   "at": (T0 + dt.timedelta(seconds=4)).isoformat()}]
+    text = draft([rec])
+    timeline = table_after(text, "time (UTC) | run | phase | what the record says")
+    assert ("2026-03-01T12:00:03Z", "act", "step go-ahead approved by --approve (user alice)") in [
+        (r["time (UTC)"], r["phase"], r["what the record says"]) for r in timeline]
+    assert f"- 2026-03-01T12:00:04Z backup: host web1, path /etc/app.conf, sha256 {'12' * 32}" in text
