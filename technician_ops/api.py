@@ -28,12 +28,13 @@ if TYPE_CHECKING:
     from technician_ops.audit.chain import VerifyResult
     from technician_ops.events import Sink
     from technician_ops.outputs.schedule import ScheduleEntry
+    from technician_ops.outputs.stats import StatsReport
     from technician_ops.steps.backup.controller import BackupEntry
 
 __all__ = [
     "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "audit_anchor", "audit_export", "audit_verify", "compile_runbook",
-    "history", "lint", "list_backups", "list_runbooks", "load", "open_project", "recover_run", "rollback_run",
-    "run", "run_command", "schedule", "schedule_export", "show",
+    "history", "lint", "list_backups", "list_runbooks", "load", "open_project", "postmortem", "recover_run",
+    "rollback_run", "run", "run_command", "schedule", "schedule_export", "show", "stats",
 ]
 
 Warn = Callable[[str], None]
@@ -341,6 +342,77 @@ def audit_export(project: Project, out: TextIO) -> int:
     """Every finished record in chain order, one canonical JSON object per line; returns how many."""
     with _store(project, reading=True) as store:
         return int(store.export_jsonl(out))
+
+
+def postmortem(project: Project, run_ids: list[str], *, out: Path | None = None, audit: Any = None) -> str:
+    """A blameless post-mortem draft (Markdown) from the records of ``run_ids`` (unique prefixes are enough).
+
+    Runs in any order: the draft sorts them by start.  ``out``: also written there, atomically, 0600
+    (it names hosts, operators and parameters, like the store).  Unknown ids raise ``NotFound``.
+    """
+    from technician_ops.errors import UsageError
+    from technician_ops.outputs.postmortem import draft
+
+    if not run_ids:
+        raise UsageError("name at least one run id", hint="'technician-ops history' lists recent runs")
+    if out is not None:
+        _check_output(out, "the post-mortem")
+    with _store(project, audit, reading=True) as store:
+        records: dict[str, dict[str, Any]] = {}
+        for run_id in run_ids:
+            record = store.get(run_id)
+            records.setdefault(str(record.get("run_id")), record)  # the same run named twice is drafted once
+    text = draft(list(records.values()))
+    if out is not None:
+        _write_output(out, text.encode("utf-8"), mode=0o600, what="the post-mortem")
+    return text
+
+
+def stats(project: Project, runbook: str | None = None, *, since: dt.datetime | None = None,
+          metrics_file: Path | None = None, audit: Any = None) -> StatsReport:
+    """Per runbook: runs by outcome, rates, p50/p95 duration, recovery time (``outputs/stats.py`` says how).
+
+    ``since``: runs started at or after it (naive: UTC).  ``metrics_file``: the same figures as
+    Prometheus gauges, in a file of their own, replaced whole (docs/postmortem.md).
+    """
+    import time
+
+    from technician_ops.outputs.stats import StatsReport, compute, write_metrics_file
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.timezone.utc)
+    with _store(project, audit, reading=True) as store:
+        rows = store.run_rows(runbook, since)
+    report = StatsReport(compute(rows), since=since, runbook=runbook)
+    if metrics_file is not None:
+        from technician_ops.errors import StorageError
+
+        try:
+            report.metrics_file = write_metrics_file(Path(metrics_file), report, time.time())
+        except OSError as exc:
+            raise StorageError.from_os(exc, f"write the metrics file {metrics_file}") from None
+    return report
+
+
+def _check_output(out: Path, what: str) -> None:
+    """Refuse an output path that is not a regular file (or absent) in a directory, before any work."""
+    from technician_ops.errors import UsageError
+    from technician_ops.fsutil import regular_file_or_absent
+
+    problem = (f"{Path(out).parent} is not a directory" if not Path(out).parent.is_dir()
+               else regular_file_or_absent(Path(out)))
+    if problem:
+        raise UsageError(f"not writing {what}: {problem}")
+
+
+def _write_output(out: Path, data: bytes, *, mode: int, what: str) -> None:
+    from technician_ops.errors import StorageError
+    from technician_ops.fsutil import atomic_write
+
+    try:
+        atomic_write(Path(out), data, mode=mode)
+    except OSError as exc:
+        raise StorageError.from_os(exc, f"write {what} to {out}") from None
 
 
 # -- schedules --------------------------------------------------------------------------------

@@ -421,6 +421,74 @@ def recover_cmd(ctx: click.Context, run_id: str, yes: bool, output: str, skip_pr
     _undo_command(ctx, "recover", run_id, yes, output, skip_preflight, audit_url)
 
 
+@cli.command("postmortem")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID...")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Write the draft here (default: stdout).")
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.pass_context
+def postmortem_cmd(ctx: click.Context, run_ids: tuple[str, ...], out: str | None, audit_url: str | None) -> None:
+    """Draft a blameless post-mortem (Markdown) from the records of one or more runs."""
+    from pathlib import Path
+
+    from technician_ops.api import postmortem
+
+    text = postmortem(_project(ctx, audit_url=audit_url), list(run_ids), out=Path(out) if out else None)
+    if out:
+        click.echo(f"post-mortem draft written to {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+class _Since(click.ParamType):
+    """A start time: YYYY-MM-DD[THH:MM[:SS]] (UTC unless it carries an offset), or an age: 7d, 12h, 2w."""
+
+    name = "DATE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import datetime as dt
+        import re
+
+        if isinstance(value, dt.datetime):
+            return value
+        text = str(value).strip()
+        try:
+            age = re.fullmatch(r"(\d{1,6})([hdw])", text)
+            if age:
+                unit = {"h": "hours", "d": "days", "w": "weeks"}[age.group(2)]
+                return dt.datetime.now(dt.timezone.utc) - dt.timedelta(**{unit: int(age.group(1))})
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?", text):
+                raise ValueError(text)
+            when = dt.datetime.fromisoformat(text)
+            return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+        except (ValueError, OverflowError):
+            self.fail(f"{text!r} is not a date (YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS, in UTC unless it has an offset) "
+                      "nor an age (7d, 12h, 2w)", param, ctx)
+
+
+@cli.command("stats")
+@click.argument("runbook", required=False)
+@click.option("--since", type=_Since(), help="Only runs started at or after DATE (UTC), or in the last 7d, 12h, 2w.")
+@click.option("--metrics-file", type=click.Path(dir_okay=False),
+              help="Also write the figures as Prometheus gauges to this file (its own: replaced whole).")
+@click.option("--output", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.pass_context
+def stats_cmd(ctx: click.Context, runbook: str | None, since: Any, metrics_file: str | None, output: str,
+              audit_url: str | None) -> None:
+    """Per runbook: runs by outcome, rates, p50/p95 duration, time to recover; --check runs apart."""
+    import json
+    from pathlib import Path
+
+    from technician_ops.api import stats
+    from technician_ops.outputs.stats import text
+
+    report = stats(_project(ctx, audit_url=audit_url), runbook, since=since,
+                   metrics_file=Path(metrics_file) if metrics_file else None)
+    click.echo(json.dumps(report.to_json(), indent=2) if output == "json" else text(report))
+    if report.metrics_file is not None:
+        click.echo(f"metrics written to {report.metrics_file}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the only place that turns errors into exit codes."""
     try:

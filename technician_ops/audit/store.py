@@ -34,7 +34,7 @@ import pathlib
 import socket
 import threading
 from contextlib import AbstractContextManager
-from typing import Any, Iterator, Protocol, Sequence, TextIO
+from typing import Any, Iterator, NamedTuple, Protocol, Sequence, TextIO
 
 from technician_ops.errors import AuditError, AuditTampered, NotFound
 from technician_ops.events import Event, Outcome
@@ -155,6 +155,18 @@ def pid_alive(pid: int, identity: str | None) -> bool:
 
 def this_host() -> str:
     return socket.gethostname()
+
+
+class RunRow(NamedTuple):
+    """One run as ``run_rows`` reads it: the summary columns, times as the store's UTC text."""
+
+    run_id: str
+    runbook: str
+    outcome: str
+    started_at: str
+    ended_at: str | None
+    check: bool
+    reaped: bool  # an interrupted run finished by reap_stale: its ended_at is when that noticed
 
 
 class BackgroundQuery(Protocol):
@@ -487,6 +499,32 @@ class AuditStore(abc.ABC):
             rows = self._fetchall(sql, params)
         return [{"run_id": r[0], "runbook": r[1], "outcome": r[2], "started_at": r[3], "ended_at": r[4],
                  "user": r[5], "origin": r[6], "check": bool(r[7]), "seq": r[8]} for r in rows]
+
+    def run_rows(self, runbook: str | None = None, since: _dt.datetime | None = None) -> list[RunRow]:
+        """Every run (of ``runbook``; started at or after ``since``), oldest first within each runbook.
+
+        For ``stats``: the summary columns (which ``verify`` checks against each sealed body), read in
+        one snapshot as a stream, plus one field parsed out of a body only where it is needed: when an
+        ``interrupted`` run was finished by ``reap_stale`` (``reaped.at``), its ``ended_at`` is when
+        the reaper noticed, not when the run stopped.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if runbook:
+            where.append("runbook = ?")
+            params.append(runbook)
+        if since is not None:
+            where.append("started_at >= ?")
+            params.append(iso_utc(since))
+        reaped = self._json_sql("reaped", "at")
+        sql = (f"SELECT run_id, runbook, outcome, started_at, ended_at, check_run, CASE WHEN outcome = 'interrupted' "
+               f"AND seq IS NOT NULL THEN {reaped} END FROM runs")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY runbook, started_at, run_id"
+        with self._lock, self._read_tx():
+            return [RunRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6] is not None)
+                    for r in self._stream(sql, params)]
 
     def head(self) -> tuple[int, str, str | None]:
         """The chain head: (seq, hash, run id) of the newest sealed record (0, GENESIS, None when empty)."""
