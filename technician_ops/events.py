@@ -77,6 +77,7 @@ class HostResult(TypedDict):
     duration: float
     error: str | None
     phase: str
+    output: dict[str, Any] | None  # state.Output.to_record(): stdout, stderr, msg, rc, bytes, sha256, truncated
 
 
 class Diff(TypedDict):

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from technician_ops.engine import environ
 from technician_ops.engine.redact import Redactor
 from technician_ops.events import Bus, Kind
-from technician_ops.state import HostStatus, StepState
+from technician_ops.state import HostStatus, Output, StepState, clean_text
 
 _SAID = re.compile(r"\s*(changed|ok): \[")
 _STATUS = {
@@ -35,7 +35,8 @@ class StepTracker:
     """Consumes ansible-runner events (``event_handler``) for one execution."""
 
     def __init__(self, bus: Bus, step_names: dict[str, str], phase: str, redactor: Redactor,
-                 kinds_by_step: dict[str, str] | None = None, hosts_by_step: dict[str, str] | None = None) -> None:
+                 kinds_by_step: dict[str, str] | None = None, hosts_by_step: dict[str, str] | None = None,
+                 quiet: frozenset[str] = frozenset()) -> None:
         self.bus = bus
         self.step_names = step_names  # play name -> step name
         self.phase = phase
@@ -52,6 +53,8 @@ class StepTracker:
         # its connection failed because of the stop (its ssh was killed), so what it did is unknown.
         self.stopping = False
         self.finished_cleanly = False
+        self.quiet = quiet  # steps whose tasks' output is the tool's own plumbing (a backup's, a vault's)
+        self._output: dict[str, Output] = {}  # host -> what the current step printed there
 
     # ansible-runner calls this for every event; returning True keeps it on disk.
     def handle(self, event: dict[str, Any]) -> bool:
@@ -113,11 +116,38 @@ class StepTracker:
         agg.merge(status, changed=changed,
                   duration=float(data.get("duration") or 0.0), error=self._error(res, data) if broken else None,
                   ignored=broken and bool(data.get("ignore_errors") or res.get("skip_reason")))
+        if status is not HostStatus.SKIPPED and not res.get("censored") and self.current.name not in self.quiet:
+            self._collect(host, res, data)
         if res.get("diff") and not res.get("censored"):  # --diff (or a task's diff: true)
             text = unified_diff(res["diff"])
             if text:
                 self.bus.emit(Kind.DIFF, step=self.current.name, host=host, task=self.redactor.text(str(data.get("task") or "")),
                               diff=self.redactor.text(text), phase=self.phase)
+
+    def _collect(self, host: str, res: dict[str, Any], data: dict[str, Any]) -> None:
+        """Keep what a task printed on ``host`` (its stdout/stderr; a debug's ``msg``; a failure's reason)."""
+        results = res.get("results")
+        items: list[Any] = results if isinstance(results, list) else [res]
+        output = self._output.get(host)
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            for stream in ("stdout", "stderr"):
+                text = item.get(stream)
+                if isinstance(text, str) and text:
+                    if output is None:
+                        output = self._output[host] = Output()
+                    output.add(stream, self.redactor.text(text))
+        action = str(data.get("task_action") or "")
+        msg = res.get("msg")
+        if msg and (action.endswith("debug") or res.get("failed")):
+            if output is None:
+                output = self._output[host] = Output()
+            output.msg = clean_text(self.redactor.text(msg if isinstance(msg, str) else repr(msg)))[:4096]
+        if isinstance(res.get("rc"), int):
+            if output is None:
+                output = self._output[host] = Output()
+            output.rc = res["rc"]
 
     def _error(self, res: dict[str, Any], data: dict[str, Any]) -> str:
         if res.get("censored"):
@@ -145,9 +175,12 @@ class StepTracker:
         run.duration = time.monotonic() - self._started
         run.close(aborted=aborted)
         for host, agg in run.hosts.items():
+            output = self._output.get(host)
+            agg.output = output.to_record() if output else None
             self.bus.emit(Kind.HOST_RESULT, step=run.name, host=host, status=agg.status.value, changed=agg.changed,
                           changed_unknown=agg.changed_unknown, duration=round(agg.duration or 0.0, 3), error=agg.error,
-                          phase=self.phase)
+                          phase=self.phase, output=agg.output)
+        self._output = {}
         self.bus.emit(Kind.STEP_END, step=run.name, status=run.status.value, duration=round(run.duration, 3),
                       phase=self.phase, hosts={h: a.status.value for h, a in run.hosts.items()})
 

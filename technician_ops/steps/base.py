@@ -109,6 +109,7 @@ class StepKind:
     asks_operator: ClassVar[bool] = False  # the step needs an answer from the operator (approve)
     secret_scheme: ClassVar[str | None] = None  # front matter ``secrets: {x: "SCHEME:..."}`` this kind resolves
     gate: ClassVar[bool] = False  # guards the steps after it (approve, check): runs whatever --tags selects
+    quiet: ClassVar[bool] = False  # its tasks' output is the tool's own plumbing (a backup's hashes): not shown
 
     # -- parse/validate --------------------------------------------------
     def parse(self, body: str, lang: str, project_root: Path) -> Any:
