@@ -49,6 +49,7 @@ class HostState:
     ignored_errors: int = 0
     changed_unknown: bool = False  # a result hid whether it changed anything (no_log), or none came (stopped)
     output: dict[str, Any] | None = None  # what its tasks printed (``Output.to_record``), if anything
+    reason: str | None = None  # why it was skipped there (a when= that was false)
 
     @property
     def may_have_changed(self) -> bool:
@@ -82,6 +83,8 @@ class HostState:
             out["changed_unknown"] = True
         if self.output:
             out["output"] = self.output
+        if self.reason:
+            out["reason"] = self.reason
         return out
 
     @classmethod
@@ -89,7 +92,7 @@ class HostState:
         output = data.get("output")
         return cls(host_status(data.get("status")), bool(data.get("changed", False)), data.get("duration"),
                    data.get("error"), changed_unknown=bool(data.get("changed_unknown", False)),
-                   output=output if isinstance(output, dict) else None)
+                   output=output if isinstance(output, dict) else None, reason=data.get("reason"))
 
 
 OUTPUT_CAP = 64 * 1024  # characters of each stream kept per step and host: the head and the tail

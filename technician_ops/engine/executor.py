@@ -21,6 +21,7 @@ from technician_ops.engine import environ
 from technician_ops.engine.redact import Redactor
 from technician_ops.events import Bus, Kind
 from technician_ops.state import HostStatus, Output, StepState, clean_text
+from technician_ops.steps.base import PLUMBING
 
 _SAID = re.compile(r"\s*(changed|ok): \[")
 _STATUS = {
@@ -36,7 +37,7 @@ class StepTracker:
 
     def __init__(self, bus: Bus, step_names: dict[str, str], phase: str, redactor: Redactor,
                  kinds_by_step: dict[str, str] | None = None, hosts_by_step: dict[str, str] | None = None,
-                 quiet: frozenset[str] = frozenset()) -> None:
+                 quiet: frozenset[str] = frozenset(), conditions: dict[str, str] | None = None) -> None:
         self.bus = bus
         self.step_names = step_names  # play name -> step name
         self.phase = phase
@@ -55,6 +56,7 @@ class StepTracker:
         self.finished_cleanly = False
         self.quiet = quiet  # steps whose tasks' output is the tool's own plumbing (a backup's, a vault's)
         self._output: dict[str, Output] = {}  # host -> what the current step printed there
+        self.conditions = conditions or {}  # step -> its when=: why a host the step skipped was skipped
 
     # ansible-runner calls this for every event; returning True keeps it on disk.
     def handle(self, event: dict[str, Any]) -> bool:
@@ -76,9 +78,10 @@ class StepTracker:
                               phase=self.phase)
         elif etype == "playbook_on_task_start" and self.current is not None:
             task = data.get("task") or ""
-            if task and task != self.current.name and not task.startswith("undo failed"):
+            if task and task != self.current.name and not task.startswith(("undo failed", PLUMBING)):
                 self.bus.emit(Kind.TASK_START, step=self.current.name, task=self.redactor.text(task), phase=self.phase)
-        elif etype.startswith("runner_on_") and self.current is not None and "host" in data:
+        elif etype.startswith("runner_on_") and self.current is not None and "host" in data \
+                and not str(data.get("task") or "").startswith(PLUMBING):
             self._host_event(etype, data, event.get("stdout"))
         elif etype == "playbook_on_stats":
             self.finished_cleanly = True
@@ -116,7 +119,12 @@ class StepTracker:
         agg.merge(status, changed=changed,
                   duration=float(data.get("duration") or 0.0), error=self._error(res, data) if broken else None,
                   ignored=broken and bool(data.get("ignore_errors") or res.get("skip_reason")))
-        if status is not HostStatus.SKIPPED and not res.get("censored") and self.current.name not in self.quiet:
+        if status is HostStatus.SKIPPED:
+            # ansible-runner's skipped event carries no result; the step's own condition is the reason
+            condition = res.get("false_condition") or self.conditions.get(self.current.name)
+            if condition is not None and agg.reason is None:
+                agg.reason = self.redactor.text(f"when: {condition} was false")[:500]
+        elif not res.get("censored") and self.current.name not in self.quiet:
             self._collect(host, res, data)
         if res.get("diff") and not res.get("censored"):  # --diff (or a task's diff: true)
             text = unified_diff(res["diff"])
@@ -179,7 +187,7 @@ class StepTracker:
             agg.output = output.to_record() if output else None
             self.bus.emit(Kind.HOST_RESULT, step=run.name, host=host, status=agg.status.value, changed=agg.changed,
                           changed_unknown=agg.changed_unknown, duration=round(agg.duration or 0.0, 3), error=agg.error,
-                          phase=self.phase, output=agg.output)
+                          phase=self.phase, output=agg.output, reason=agg.reason)
         self._output = {}
         self.bus.emit(Kind.STEP_END, step=run.name, status=run.status.value, duration=round(run.duration, 3),
                       phase=self.phase, hosts={h: a.status.value for h, a in run.hosts.items()})

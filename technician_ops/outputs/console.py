@@ -127,7 +127,8 @@ class TextView:
             mark, style = _HOST_MARK.get(d["status"], ("?", "white"))
             err = d.get("error")
             self.line(("    ", ""), (f"{mark} {d['host']}", style), (f" {d['status']} ", ""),
-                      (f"{d['duration']:.1f}s", "dim"), (f": {err}" if err else "", ""))
+                      (f"{d['duration']:.1f}s", "dim"), (f": {err}" if err else "", ""),
+                      (f" ({d['reason']})" if d.get("reason") else "", "dim"))
             if d.get("output"):
                 self._output(d)
         elif k is Kind.TASK_START:

@@ -75,7 +75,7 @@ def record_text(record: dict[str, Any]) -> str:
     for step in _iter_steps(steps):
         lines.append(f"    {step.get('name')}: {step.get('status')} ({step.get('duration', 0)}s)")
         for host, h in (step.get("hosts") or {}).items():
-            err = f" — {h.get('error')}" if h.get("error") else ""
+            err = f" — {h.get('error')}" if h.get("error") else f" ({h['reason']})" if h.get("reason") else ""
             lines.append(f"      {host}: {h.get('status')} {h.get('duration', 0)}s{err}")
             if h.get("output"):
                 lines += _output_lines(h["output"], f"show {record.get('run_id')} --step {step.get('name')} --host {host}")
