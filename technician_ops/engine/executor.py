@@ -109,9 +109,11 @@ class StepTracker:
         if broken and res.get("technician_ops_tempfail"):
             self.tempfail = True
         changed: bool | None = bool(res.get("changed"))
-        if res.get("censored") and "changed" not in res:
-            # ansible-runner's event of a no_log result keeps nothing but "censored"; Ansible's own
-            # line for it still says "changed: [host]" or "ok: [host]".  Neither: nobody can tell.
+        dropped = not res and status is not HostStatus.SKIPPED  # ansible-runner dropped a result over MAX_EVENT_RES
+        if (res.get("censored") or dropped) and "changed" not in res:
+            # ansible-runner's event of a no_log result keeps nothing but "censored" (and one too large
+            # nothing at all); Ansible's own line for it still says "changed: [host]" or "ok: [host]".
+            # Neither: nobody can tell, and an undo runs.
             said = _SAID.match(str(stdout or ""))
             changed = None if said is None else said.group(1) == "changed"
             if changed:
@@ -125,7 +127,11 @@ class StepTracker:
             if condition is not None and agg.reason is None:
                 agg.reason = self.redactor.text(f"when: {condition} was false")[:500]
         elif not res.get("censored") and self.current.name not in self.quiet:
+            if dropped:
+                output = self._output.setdefault(host, Output())
+                output.msg = f"the task's result was larger than {MAX_EVENT_RES} characters: its output is not kept"
             self._collect(host, res, data)
+            _shrink(res)
         if res.get("diff") and not res.get("censored"):  # --diff (or a task's diff: true)
             text = unified_diff(res["diff"])
             if text:
@@ -198,6 +204,24 @@ class StepTracker:
 
 
 MAX_DIFF = 64 * 1024  # characters of one task's diff kept in an event
+# ansible-runner replaces a task result longer than this (as text) with {} (its MAX_EVENT_RES, 700,000 by
+# default): raised so that a long output still reaches us whole, to be counted, hashed and cut to its
+# head and tail (state.Output); the event kept on disk is cut the same way (_shrink).
+MAX_EVENT_RES = 64 * 1024 * 1024
+
+
+def _shrink(res: dict[str, Any]) -> None:
+    """Cut a result's long streams before ansible-runner writes the event to its artifacts (it writes the
+    very dict the handler saw): the job_events files stay small whatever a host printed."""
+    from technician_ops.state import OUTPUT_CAP
+
+    for item in (res, *(r for r in res.get("results") or [] if isinstance(r, dict))):
+        for key in ("stdout", "stderr"):
+            text = item.get(key)
+            if isinstance(text, str) and len(text) > OUTPUT_CAP:
+                half = OUTPUT_CAP // 2
+                item[key] = f"{text[:half]}\n[... {len(text) - OUTPUT_CAP} characters cut ...]\n{text[-half:]}"
+                item.pop(f"{key}_lines", None)
 
 
 def unified_diff(diff: Any) -> str:
@@ -271,6 +295,7 @@ def execute(
         "ANSIBLE_CONFIG": str(private_data_dir / "ansible.cfg"),
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         "ANSIBLE_NOCOLOR": "1",
+        "MAX_EVENT_RES": os.environ.get("MAX_EVENT_RES", str(MAX_EVENT_RES)),
         **envvars,
     }
     supervision = Supervision(lock_fd, grace)
