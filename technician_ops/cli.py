@@ -61,14 +61,25 @@ def list_cmd(ctx: click.Context) -> None:
 
 @cli.command("show")
 @click.argument("name")
+@click.option("--step", help="With RUN_ID and --host: that step's whole output on that host.")
+@click.option("--host", help="With RUN_ID and --step.")
 @click.pass_context
-def show_cmd(ctx: click.Context, name: str) -> None:
+def show_cmd(ctx: click.Context, name: str, step: str | None, host: str | None) -> None:
     """A runbook's parameters and steps, or a run's audit record (by RUN_ID)."""
     from technician_ops.api import show
-    from technician_ops.outputs.render import record_text, runbook_text
+    from technician_ops.outputs.render import output_text, printable, record_text, runbook_text
 
+    if (step is None) != (host is None):
+        raise click.UsageError("--step and --host go together")
     shown = show(name, _project(ctx))
-    click.echo(runbook_text(shown.runbook, shown.hosts) if shown.runbook is not None else record_text(shown.record or {}))
+    if shown.runbook is not None:
+        if step is not None:
+            raise click.UsageError("--step/--host show a run's output: give a RUN_ID")
+        click.echo(runbook_text(shown.runbook, shown.hosts))
+    elif step is not None and host is not None:
+        click.echo(printable(output_text(shown.record or {}, step, host)))
+    else:
+        click.echo(printable(record_text(shown.record or {})))
 
 
 @cli.command("lint")
@@ -142,6 +153,7 @@ def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tu
 @click.option("-D", "--diff", is_flag=True, help="As ansible-playbook: report what files and templates change.")
 @click.option("--hosts", metavar="PATTERN", help="Hosts of a Markdown file that names none (a Runme README): "
               "its steps run there.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every kept line of each step's output (default: the last 10).")
 @click.option("-e", "--extra-vars", "extra_vars", multiple=True, metavar="VARS",
               help="As ansible-playbook: KEY=VALUE, YAML/JSON, or @FILE (a runbook parameter is bound as with -p).")
 @click.pass_context
@@ -149,14 +161,14 @@ def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: t
             approve: tuple[str, ...], output: str, strict: bool, wait_lock: float, skip_preflight: bool,
             accelerate: bool | None, audit_url: str | None, junit: str | None, metrics_file: str | None, notify_url: str | None,
             limit: str | None, tags: tuple[str, ...], skip_tags: tuple[str, ...], diff: bool, hosts: str | None,
-            extra_vars: tuple[str, ...]) -> None:
+            verbose: bool, extra_vars: tuple[str, ...]) -> None:
     """Run a runbook: steps in order, undo on failure, one audit record."""
     from technician_ops.api import RunRequest, run_command
     from technician_ops.outputs.console import JsonView, TextView
     from technician_ops.runbook.params import parse_assignments
 
     project = _project(ctx, inventory=inventory, audit_url=audit_url)
-    view = TextView() if output == "text" else None
+    view = TextView(verbose=verbose) if output == "text" else None
     interactive = sys.stdin.isatty() and output == "text"
 
     def prompt(step: str, text: str) -> bool:

@@ -77,6 +77,8 @@ class HostResult(TypedDict):
     duration: float
     error: str | None
     phase: str
+    output: dict[str, Any] | None  # state.Output.to_record(): stdout, stderr, msg, rc, bytes, sha256, truncated
+    reason: str | None  # why a skipped host was skipped: "when: COND was false"
 
 
 class Diff(TypedDict):

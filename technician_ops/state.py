@@ -48,6 +48,8 @@ class HostState:
     error: str | None = None
     ignored_errors: int = 0
     changed_unknown: bool = False  # a result hid whether it changed anything (no_log), or none came (stopped)
+    output: dict[str, Any] | None = None  # what its tasks printed (``Output.to_record``), if anything
+    reason: str | None = None  # why it was skipped there (a when= that was false)
 
     @property
     def may_have_changed(self) -> bool:
@@ -75,15 +77,103 @@ class HostState:
             self.error = error
 
     def to_record(self) -> dict[str, Any]:
-        out = {"status": self.status.value, "changed": self.changed, "duration": self.duration, "error": self.error}
+        out: dict[str, Any] = {"status": self.status.value, "changed": self.changed, "duration": self.duration,
+                               "error": self.error}
         if self.changed_unknown:
             out["changed_unknown"] = True
+        if self.output:
+            out["output"] = self.output
+        if self.reason:
+            out["reason"] = self.reason
         return out
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> HostState:
+        output = data.get("output")
         return cls(host_status(data.get("status")), bool(data.get("changed", False)), data.get("duration"),
-                   data.get("error"), changed_unknown=bool(data.get("changed_unknown", False)))
+                   data.get("error"), changed_unknown=bool(data.get("changed_unknown", False)),
+                   output=output if isinstance(output, dict) else None, reason=data.get("reason"))
+
+
+OUTPUT_CAP = 64 * 1024  # characters of each stream kept per step and host: the head and the tail
+
+
+class _Stream:
+    """One stream's kept text: the head, the tail, and how much came after the head."""
+
+    __slots__ = ("head", "tail", "after")
+
+    def __init__(self) -> None:
+        self.head, self.tail, self.after = "", "", 0
+
+    def add(self, text: str, half: int) -> None:
+        if len(self.head) < half:
+            room = half - len(self.head)
+            self.head, text = self.head + text[:room], text[room:]
+        if text:
+            self.tail = (self.tail + text)[-half:]
+            self.after += len(text)
+
+    @property
+    def cut(self) -> int:
+        return self.after - len(self.tail)
+
+    def text(self) -> str:
+        return self.head + (f"\n[... {self.cut} characters cut ...]\n" if self.cut else "") + self.tail
+
+
+class Output:
+    """What one host printed in one step (stdout, stderr of each task; a debug's or failure's ``msg``).
+
+    Bounded whatever the host prints: the first and last ``OUTPUT_CAP / 2`` characters of each stream
+    are kept, with a marker where text was cut; ``bytes`` and ``sha256`` are those of the whole text
+    (stdout then stderr, as they came, UTF-8), so a cut record still says what it cut.  Text arrives
+    redacted.
+    """
+
+    __slots__ = ("_streams", "msg", "rc", "_size", "_digest")
+
+    def __init__(self) -> None:
+        self._streams = {"stdout": _Stream(), "stderr": _Stream()}
+        self.msg: str | None = None
+        self.rc: int | None = None
+        self._size = 0
+        self._digest: Any = None
+
+    def add(self, stream: str, text: str) -> None:
+        if not text:
+            return
+        import hashlib
+
+        kept = self._streams[stream]
+        text = clean_text(text)
+        if kept.head:  # a later task's text starts on a line of its own
+            text = "\n" + text
+        data = text.encode("utf-8")
+        self._size += len(data)
+        if self._digest is None:
+            self._digest = hashlib.sha256()
+        self._digest.update(data)
+        kept.add(text, OUTPUT_CAP // 2)
+
+    @property
+    def truncated(self) -> bool:
+        return any(s.cut for s in self._streams.values())
+
+    def __bool__(self) -> bool:
+        return self._size > 0 or self.msg is not None or self.rc is not None
+
+    def to_record(self) -> dict[str, Any]:
+        return {"stdout": self._streams["stdout"].text(), "stderr": self._streams["stderr"].text(), "msg": self.msg,
+                "rc": self.rc, "bytes": self._size,
+                "sha256": self._digest.hexdigest() if self._digest is not None else None, "truncated": self.truncated}
+
+
+def clean_text(text: str) -> str:
+    """``text`` safe to store and print anywhere: no lone surrogates (undecodable bytes), no NUL."""
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 @dataclass

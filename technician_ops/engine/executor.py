@@ -20,7 +20,8 @@ from typing import Any, Callable
 from technician_ops.engine import environ
 from technician_ops.engine.redact import Redactor
 from technician_ops.events import Bus, Kind
-from technician_ops.state import HostStatus, StepState
+from technician_ops.state import HostStatus, Output, StepState, clean_text
+from technician_ops.steps.base import PLUMBING
 
 _SAID = re.compile(r"\s*(changed|ok): \[")
 _STATUS = {
@@ -35,7 +36,8 @@ class StepTracker:
     """Consumes ansible-runner events (``event_handler``) for one execution."""
 
     def __init__(self, bus: Bus, step_names: dict[str, str], phase: str, redactor: Redactor,
-                 kinds_by_step: dict[str, str] | None = None, hosts_by_step: dict[str, str] | None = None) -> None:
+                 kinds_by_step: dict[str, str] | None = None, hosts_by_step: dict[str, str] | None = None,
+                 quiet: frozenset[str] = frozenset(), conditions: dict[str, str] | None = None) -> None:
         self.bus = bus
         self.step_names = step_names  # play name -> step name
         self.phase = phase
@@ -52,6 +54,9 @@ class StepTracker:
         # its connection failed because of the stop (its ssh was killed), so what it did is unknown.
         self.stopping = False
         self.finished_cleanly = False
+        self.quiet = quiet  # steps whose tasks' output is the tool's own plumbing (a backup's, a vault's)
+        self._output: dict[str, Output] = {}  # host -> what the current step printed there
+        self.conditions = conditions or {}  # step -> its when=: why a host the step skipped was skipped
 
     # ansible-runner calls this for every event; returning True keeps it on disk.
     def handle(self, event: dict[str, Any]) -> bool:
@@ -73,9 +78,10 @@ class StepTracker:
                               phase=self.phase)
         elif etype == "playbook_on_task_start" and self.current is not None:
             task = data.get("task") or ""
-            if task and task != self.current.name and not task.startswith("undo failed"):
+            if task and task != self.current.name and not task.startswith(("undo failed", PLUMBING)):
                 self.bus.emit(Kind.TASK_START, step=self.current.name, task=self.redactor.text(task), phase=self.phase)
-        elif etype.startswith("runner_on_") and self.current is not None and "host" in data:
+        elif etype.startswith("runner_on_") and self.current is not None and "host" in data \
+                and not str(data.get("task") or "").startswith(PLUMBING):
             self._host_event(etype, data, event.get("stdout"))
         elif etype == "playbook_on_stats":
             self.finished_cleanly = True
@@ -103,9 +109,11 @@ class StepTracker:
         if broken and res.get("technician_ops_tempfail"):
             self.tempfail = True
         changed: bool | None = bool(res.get("changed"))
-        if res.get("censored") and "changed" not in res:
-            # ansible-runner's event of a no_log result keeps nothing but "censored"; Ansible's own
-            # line for it still says "changed: [host]" or "ok: [host]".  Neither: nobody can tell.
+        dropped = not res and status is not HostStatus.SKIPPED  # ansible-runner dropped a result over MAX_EVENT_RES
+        if (res.get("censored") or dropped) and "changed" not in res:
+            # ansible-runner's event of a no_log result keeps nothing but "censored" (and one too large
+            # nothing at all); Ansible's own line for it still says "changed: [host]" or "ok: [host]".
+            # Neither: nobody can tell, and an undo runs.
             said = _SAID.match(str(stdout or ""))
             changed = None if said is None else said.group(1) == "changed"
             if changed:
@@ -113,11 +121,47 @@ class StepTracker:
         agg.merge(status, changed=changed,
                   duration=float(data.get("duration") or 0.0), error=self._error(res, data) if broken else None,
                   ignored=broken and bool(data.get("ignore_errors") or res.get("skip_reason")))
+        if status is HostStatus.SKIPPED:
+            # ansible-runner's skipped event carries no result; the step's own condition is the reason
+            condition = res.get("false_condition") or self.conditions.get(self.current.name)
+            if condition is not None and agg.reason is None:
+                agg.reason = self.redactor.text(f"when: {condition} was false")[:500]
+        elif not res.get("censored") and self.current.name not in self.quiet:
+            if dropped:
+                output = self._output.setdefault(host, Output())
+                output.msg = f"the task's result was larger than {MAX_EVENT_RES} characters: its output is not kept"
+            self._collect(host, res, data)
+            _shrink(res)
         if res.get("diff") and not res.get("censored"):  # --diff (or a task's diff: true)
             text = unified_diff(res["diff"])
             if text:
                 self.bus.emit(Kind.DIFF, step=self.current.name, host=host, task=self.redactor.text(str(data.get("task") or "")),
                               diff=self.redactor.text(text), phase=self.phase)
+
+    def _collect(self, host: str, res: dict[str, Any], data: dict[str, Any]) -> None:
+        """Keep what a task printed on ``host`` (its stdout/stderr; a debug's ``msg``; a failure's reason)."""
+        results = res.get("results")
+        items: list[Any] = results if isinstance(results, list) else [res]
+        output = self._output.get(host)
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            for stream in ("stdout", "stderr"):
+                text = item.get(stream)
+                if isinstance(text, str) and text:
+                    if output is None:
+                        output = self._output[host] = Output()
+                    output.add(stream, self.redactor.text(text))
+        action = str(data.get("task_action") or "")
+        msg = res.get("msg")
+        if msg and (action.endswith("debug") or res.get("failed")):
+            if output is None:
+                output = self._output[host] = Output()
+            output.msg = clean_text(self.redactor.text(msg if isinstance(msg, str) else repr(msg)))[:4096]
+        if isinstance(res.get("rc"), int):
+            if output is None:
+                output = self._output[host] = Output()
+            output.rc = res["rc"]
 
     def _error(self, res: dict[str, Any], data: dict[str, Any]) -> str:
         if res.get("censored"):
@@ -145,9 +189,12 @@ class StepTracker:
         run.duration = time.monotonic() - self._started
         run.close(aborted=aborted)
         for host, agg in run.hosts.items():
+            output = self._output.get(host)
+            agg.output = output.to_record() if output else None
             self.bus.emit(Kind.HOST_RESULT, step=run.name, host=host, status=agg.status.value, changed=agg.changed,
                           changed_unknown=agg.changed_unknown, duration=round(agg.duration or 0.0, 3), error=agg.error,
-                          phase=self.phase)
+                          phase=self.phase, output=agg.output, reason=agg.reason)
+        self._output = {}
         self.bus.emit(Kind.STEP_END, step=run.name, status=run.status.value, duration=round(run.duration, 3),
                       phase=self.phase, hosts={h: a.status.value for h, a in run.hosts.items()})
 
@@ -157,6 +204,24 @@ class StepTracker:
 
 
 MAX_DIFF = 64 * 1024  # characters of one task's diff kept in an event
+# ansible-runner replaces a task result longer than this (as text) with {} (its MAX_EVENT_RES, 700,000 by
+# default): raised so that a long output still reaches us whole, to be counted, hashed and cut to its
+# head and tail (state.Output); the event kept on disk is cut the same way (_shrink).
+MAX_EVENT_RES = 64 * 1024 * 1024
+
+
+def _shrink(res: dict[str, Any]) -> None:
+    """Cut a result's long streams before ansible-runner writes the event to its artifacts (it writes the
+    very dict the handler saw): the job_events files stay small whatever a host printed."""
+    from technician_ops.state import OUTPUT_CAP
+
+    for item in (res, *(r for r in res.get("results") or [] if isinstance(r, dict))):
+        for key in ("stdout", "stderr"):
+            text = item.get(key)
+            if isinstance(text, str) and len(text) > OUTPUT_CAP:
+                half = OUTPUT_CAP // 2
+                item[key] = f"{text[:half]}\n[... {len(text) - OUTPUT_CAP} characters cut ...]\n{text[-half:]}"
+                item.pop(f"{key}_lines", None)
 
 
 def unified_diff(diff: Any) -> str:
@@ -230,6 +295,7 @@ def execute(
         "ANSIBLE_CONFIG": str(private_data_dir / "ansible.cfg"),
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         "ANSIBLE_NOCOLOR": "1",
+        "MAX_EVENT_RES": os.environ.get("MAX_EVENT_RES", str(MAX_EVENT_RES)),
         **envvars,
     }
     supervision = Supervision(lock_fd, grace)

@@ -93,7 +93,9 @@ def _execute(ctx: Context) -> Verdict:
 
     plan = ctx.plan
     tracker = StepTracker(ctx.bus, {ps.name: ps.name for ps in plan.steps}, "run", ctx.redactor,
-                          {ps.name: ps.kind.name for ps in plan.steps}, {ps.name: ps.hosts for ps in plan.steps})
+                          {ps.name: ps.kind.name for ps in plan.steps}, {ps.name: ps.hosts for ps in plan.steps},
+                          quiet=frozenset(ps.name for ps in plan.steps if ps.kind.quiet),
+                          conditions={ps.name: ps.step.attrs["when"] for ps in plan.steps if "when" in ps.step.attrs})
     outcome, failed_step, exit_code = Outcome.SUCCEEDED, None, None
     rollback: dict[str, Any] = {}
     result = execute(ctx.pdd, ctx.files["playbook"], ctx.inventories, tracker, ident="run", check=plan.check,

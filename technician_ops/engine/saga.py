@@ -127,7 +127,8 @@ def run_undo(ctx: Context, completed: Completed, why: str, *, exact_hosts: bool 
     """
     playbook = write_undo_playbook(ctx.plan, completed, ctx.pdd / "project" / "rollback.yml", why, stopped_hosts)
     tracker = StepTracker(ctx.bus, {f"undo:{ps.name}": ps.name for ps, _ in completed}, "rollback", ctx.redactor,
-                          {ps.name: "undo" for ps, _ in completed}, {ps.name: ",".join(h) for ps, h in completed})
+                          {ps.name: "undo" for ps, _ in completed}, {ps.name: ",".join(h) for ps, h in completed},
+                          quiet=frozenset(ps.name for ps, _ in completed if ps.undo is None and ps.kind.quiet))
     result = execute(ctx.pdd, playbook, ctx.inventories, tracker, ident="rollback", check=False, envvars=ctx.env,
                      cancel=ctx.cancelled if cancellable else None, lock_fd=ctx.lock_fd,
                      args=cmdline(ctx.plan.options, ctx.pdd, phase="rollback"))

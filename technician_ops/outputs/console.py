@@ -8,6 +8,7 @@ import threading
 from typing import IO, Any
 
 from technician_ops.events import Event, Kind
+from technician_ops.outputs.render import CONTROL as _CONTROL, OUTPUT_LINES
 
 _HOST_MARK = {"ok": ("✔", "green"), "changed": ("✔", "yellow"), "failed": ("✖", "red"),
               "unreachable": ("✖", "red"), "skipped": ("·", "dim")}
@@ -33,7 +34,6 @@ class JsonView:
             self.stream.flush()
 
 
-_CONTROL = {c: None for c in (7, 8, 11, 12, 13)}  # what rich's Text strips: bell, backspace, VT, FF, CR
 Segments = tuple[tuple[str, str], ...]  # (text, style) pairs: one line, no markup
 
 
@@ -98,7 +98,10 @@ class _LineWriter:
 class TextView:
     """Human view: each step and host as it starts and finishes, then a summary."""
 
-    def __init__(self, console: Any = None) -> None:
+    def __init__(self, console: Any = None, *, verbose: bool = False) -> None:
+        """``verbose``: every kept line of a step's output (default: the last ``OUTPUT_LINES``)."""
+        self.verbose = verbose
+        self.run_id = ""
         if console is None:
             from rich.console import Console
 
@@ -124,7 +127,10 @@ class TextView:
             mark, style = _HOST_MARK.get(d["status"], ("?", "white"))
             err = d.get("error")
             self.line(("    ", ""), (f"{mark} {d['host']}", style), (f" {d['status']} ", ""),
-                      (f"{d['duration']:.1f}s", "dim"), (f": {err}" if err else "", ""))
+                      (f"{d['duration']:.1f}s", "dim"), (f": {err}" if err else "", ""),
+                      (f" ({d['reason']})" if d.get("reason") else "", "dim"))
+            if d.get("output"):
+                self._output(d)
         elif k is Kind.TASK_START:
             self.line(("    ", ""), (f"… {d['task']}", "dim"))
         elif k is Kind.DIFF:
@@ -133,6 +139,7 @@ class TextView:
                 style = "green" if text.startswith("+") else "red" if text.startswith("-") else "dim" if text.startswith("@@") else ""
                 self.line(("      ", ""), (text, style))
         elif k is Kind.RUN_START:
+            self.run_id = str(d.get("run_id") or "")
             check = bool(d.get("check"))
             self.line((f"▶ {d['runbook']}", "bold"), (f" run {d['run_id']}" + (" " if check else ""), ""),
                       ("(check mode: nothing will change)" if check else "", "cyan"))
@@ -160,6 +167,24 @@ class TextView:
             self.line(("    ", ""), (f"recorded {d.get('type')}: {d.get('summary', '')}", "dim"))
         elif k is Kind.RUN_END:
             self._summary(d)
+
+    def _output(self, d: dict[str, Any]) -> None:
+        """What the step printed on the host, under its result: the last lines (all with -v); stderr marked."""
+        out = d["output"]
+        failed = d["status"] in ("failed", "unreachable")
+        lines = [("│ ", text, "") for text in str(out.get("stdout") or "").splitlines()]
+        lines += [("! ", text, "red" if failed else "yellow") for text in str(out.get("stderr") or "").splitlines()]
+        if out.get("msg") and not failed:  # a failure's msg is already in its error
+            lines += [("│ ", text, "") for text in str(out["msg"]).splitlines()]
+        shown = lines if self.verbose else lines[-OUTPUT_LINES:]
+        if len(shown) < len(lines):
+            self.line(("      ", ""), (f"… {len(lines) - len(shown)} earlier line(s): -v, or show {self.run_id or 'RUN_ID'} "
+                                        f"--step {d['step']} --host {d['host']}", "dim"))
+        for mark, text, style in shown:
+            self.line(("      ", ""), (mark, "dim"), (text, style))
+        if out.get("truncated"):
+            self.line(("      ", ""), (f"[output cut to its first and last lines; {out.get('bytes')} bytes, sha256 "
+                                        f"{str(out.get('sha256'))[:16]}…]", "dim"))
 
     def _summary(self, d: dict[str, Any]) -> None:
         from rich.markup import escape

@@ -6,6 +6,15 @@ from typing import Any
 
 from technician_ops.runbook.model import Runbook
 
+# Never reaches a terminal from a value (a host's output, a task name): every C0 control but tab and
+# newline (ESC would let a host's output move the cursor or rewrite the operator's screen), DEL, C1.
+CONTROL = {c: None for c in (*range(0, 9), *range(11, 32), 127, *range(0x80, 0xA0))}
+OUTPUT_LINES = 10  # lines of a step's output shown per host, unless asked for all
+
+
+def printable(text: Any) -> str:
+    return str(text).translate(CONTROL)
+
 
 def runbook_text(runbook: Runbook, hosts: dict[str, str] | None = None) -> str:
     """``hosts``: what each step targets (``api.show``: a playbook step's plays pick their own)."""
@@ -66,8 +75,10 @@ def record_text(record: dict[str, Any]) -> str:
     for step in _iter_steps(steps):
         lines.append(f"    {step.get('name')}: {step.get('status')} ({step.get('duration', 0)}s)")
         for host, h in (step.get("hosts") or {}).items():
-            err = f" — {h.get('error')}" if h.get("error") else ""
+            err = f" — {h.get('error')}" if h.get("error") else f" ({h['reason']})" if h.get("reason") else ""
             lines.append(f"      {host}: {h.get('status')} {h.get('duration', 0)}s{err}")
+            if h.get("output"):
+                lines += _output_lines(h["output"], f"show {record.get('run_id')} --step {step.get('name')} --host {host}")
     rollback = record.get("rollback") or {}
     if rollback:
         lines.append(f"  rollback: {rollback.get('outcome')} (undo order: {', '.join(rollback.get('planned') or []) or '-'})")
@@ -85,6 +96,46 @@ def record_text(record: dict[str, Any]) -> str:
     if record.get("artifact_dir"):
         lines.append(f"  artifacts: {record['artifact_dir']}")
     return "\n".join(lines)
+
+
+def _output_lines(out: dict[str, Any], full: str) -> list[str]:
+    lines = [f"        | {t}" for t in str(out.get("stdout") or "").splitlines()]
+    lines += [f"        ! {t}" for t in str(out.get("stderr") or "").splitlines()]
+    if out.get("msg"):
+        lines += [f"        | {t}" for t in str(out["msg"]).splitlines()]
+    if len(lines) > OUTPUT_LINES:
+        lines = [f"        … {len(lines) - OUTPUT_LINES} earlier line(s): {full}", *lines[-OUTPUT_LINES:]]
+    return lines
+
+
+def output_text(record: dict[str, Any], step: str, host: str) -> str:
+    """One step's whole kept output on one host (``show RUN_ID --step S --host H``)."""
+    from technician_ops.errors import NotFound
+
+    steps = {s.get("name"): s for s in _iter_steps(record.get("steps") or {})}
+    undo = {s.get("name"): s for s in _iter_steps((record.get("rollback") or {}).get("steps") or {})}
+    found = steps.get(step) or undo.get(step)
+    if found is None:
+        raise NotFound(f"run {record.get('run_id')} has no step {step!r}", hint=f"its steps: {', '.join(map(str, steps)) or 'none'}")
+    h = (found.get("hosts") or {}).get(host)
+    if h is None:
+        raise NotFound(f"step {step!r} of run {record.get('run_id')} did not run on {host!r}",
+                       hint=f"it ran on: {', '.join(found.get('hosts') or {}) or 'no host'}")
+    out = h.get("output") or {}
+    parts = [f"{step} on {host}: {h.get('status')}" + (f" (rc {out['rc']})" if out.get("rc") is not None else "")]
+    if h.get("error"):
+        parts.append(f"error: {h['error']}")
+    for label in ("stdout", "stderr"):
+        if out.get(label):
+            parts += [f"--- {label}", str(out[label]).rstrip("\n")]
+    if out.get("msg"):
+        parts += ["--- msg", str(out["msg"])]
+    if out.get("truncated"):
+        parts.append(f"--- cut: the middle of a long output is not kept; the whole was {out.get('bytes')} bytes, "
+                     f"sha256 {out.get('sha256')}")
+    if not out:
+        parts.append("(no output)")
+    return "\n".join(parts)
 
 
 def _iter_steps(steps: Any) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ REQUIRED = {
     ("defaults", "forks"): "technician-ops sizes forks per run (set [tool.technician-ops] forks to choose)",
     ("defaults", "strategy"): "--accelerate needs mitogen's strategy",
 }
-FIRST = {("defaults", "action_plugins"), ("defaults", "lookup_plugins"), ("defaults", "roles_path"),
+FIRST = {("defaults", "action_plugins"), ("defaults", "lookup_plugins"), ("defaults", "filter_plugins"), ("defaults", "roles_path"),
          ("defaults", "strategy_plugins")}
 APPENDED = {("ssh_connection", "ssh_args")}  # the team's options first: ssh keeps the first value of an option
 

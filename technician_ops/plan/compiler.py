@@ -19,6 +19,7 @@ from technician_ops.plan.options import GATE_TAG, AnsibleOptions
 from technician_ops.project import Project
 from technician_ops.runbook.model import Runbook, Step
 from technician_ops.runbook.params import bind
+from technician_ops.runbook.refs import env_refs, jinja_refs
 from technician_ops.steps.base import CompileContext, StepKind, standard_play, stop_play, uses_facts
 
 _TEMPLATE_CHARS = frozenset("{}%#")  # what a rendered host pattern may not hold
@@ -78,8 +79,18 @@ class Plan:
     def public_params(self) -> dict[str, Any]:
         return {k: v for k, v in self.params.items() if k not in self.secret_names}
 
+    @property
+    def published(self) -> frozenset[str]:
+        """Steps whose output a later step (or an undo) reads: only they publish it (runbook/refs.py)."""
+        names = [ps.name for ps in self.steps]
+        found: set[str] = set()
+        for ps in self.steps:
+            found.update(jinja_refs(ps.step.body), jinja_refs(ps.step.attrs.get("when", "")), env_refs(ps.step.body, names))
+        return frozenset(found & set(names))
+
     def context(self, phase: str = "run", hosts: Any = None) -> CompileContext:
-        extra = {"run_id": self.run_id, "state_dir": self.state_dir}
+        extra = {"run_id": self.run_id, "state_dir": self.state_dir, "published": self.published,
+                 "step_names": [ps.name for ps in self.steps]}
         return CompileContext(self.runbook, self.project_root, self.params, self.secret_names, self.check, phase, hosts, extra)
 
     def playbook(self) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from technician_ops.project import Project
 from technician_ops.runbook.fences import fences
 from technician_ops.runbook.model import Param, Runbook, Step
 from technician_ops.runbook.params import TYPES, coerce, parse_duration
+from technician_ops.runbook.refs import env_mentions, env_name, jinja_refs
 from technician_ops.errors import ParameterError
 
 FRONT_MATTER_KEYS = {
@@ -462,6 +463,7 @@ def _steps(
             undos[target] = undo
     if not steps and not out.errors:
         out.error(1, "no steps: a step is a fenced code block with an attribute block, e.g. ```yaml {name=restart}")
+    _check_step_refs(steps, undos, out)
     backups = {s.name: i for i, s in enumerate(steps) if registry[s.kind].auto_undo}
     for i, step in enumerate(steps):
         kind = registry[step.kind]
@@ -478,6 +480,46 @@ def _steps(
                    "(an earlier backup step restores what it changes)")
         (out.error if strict else out.warn)(step.line, message)
     return steps, undos
+
+
+def _check_step_refs(steps: list[Step], undos: dict[str, Step], out: _Collector) -> None:
+    """``steps.NAME`` (and a script's ``$STEP_NAME_*``) name a step that ran before (docs/outputs.md)."""
+    order = [s.name for s in steps]
+    for i, step in enumerate(steps):
+        _check_refs_of(step, order[:i], order, out)
+        undo = undos.get(step.name)
+        if undo is not None and (jinja_refs(undo.body) or jinja_refs(undo.attrs.get("when", ""))
+                                 or (undo.lang in _SHELLS and env_mentions(undo.body))):
+            out.error(undo.line, f"undo of {step.name!r} reads a step's output: an undo runs in an execution of "
+                      "its own (for rollback RUN_ID, days later), where no step's output exists; make it stand alone")
+
+
+def _check_refs_of(step: Step, earlier: list[str], every: list[str], out: _Collector) -> None:
+    def bad(name: str, line: int) -> None:
+        if name in every:
+            out.error(line, f"step {step.name!r} reads steps.{name}, which runs after it: only an earlier step's "
+                      "output exists")
+            return
+        close = difflib.get_close_matches(name, earlier, n=1)
+        out.error(line, f"steps.{name}: no step {name!r} runs before {step.name!r}"
+                  + (f": did you mean {close[0]!r}?" if close else f" (earlier steps: {', '.join(earlier) or 'none'})"))
+
+    if jinja_refs(step.attrs.get("hosts", "")):
+        out.error(step.line, f"step {step.name!r}: hosts= cannot read a step's output: hosts are resolved before "
+                  "the run (preflight, the record); choose per host with when=")
+    for name in jinja_refs(step.attrs.get("when", "")):
+        if name not in earlier:
+            bad(name, step.line)
+    for name in jinja_refs(step.body):
+        if name not in earlier:
+            bad(name, step.body_line + step.body[: step.body.find(name)].count("\n"))
+    if step.lang in _SHELLS:
+        known = {env_name(n, "").rstrip("_").removeprefix("STEP_"): n for n in earlier}
+        for prefix in env_mentions(step.body):
+            if prefix not in known:
+                line = step.body_line + step.body[: step.body.find(f"STEP_{prefix}_")].count("\n")
+                out.error(line, f"${{STEP_{prefix}_...}}: no earlier step is called that "
+                          f"(earlier steps: {', '.join(earlier) or 'none'}; a name's letters upper-cased, others _)")
 
 
 def _check_declared_undo(step: Step, index: int, declared: str, backups: dict[str, int], has_block: bool,

@@ -16,6 +16,7 @@ from technician_ops.steps.base import BodyError, CompileContext, StepKind
 
 class ApproveKind(StepKind):
     name = "approve"
+    quiet = True
     asks_operator = True
     mutating = False
     gate = True

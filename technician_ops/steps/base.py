@@ -109,6 +109,7 @@ class StepKind:
     asks_operator: ClassVar[bool] = False  # the step needs an answer from the operator (approve)
     secret_scheme: ClassVar[str | None] = None  # front matter ``secrets: {x: "SCHEME:..."}`` this kind resolves
     gate: ClassVar[bool] = False  # guards the steps after it (approve, check): runs whatever --tags selects
+    quiet: ClassVar[bool] = False  # its tasks' output is the tool's own plumbing (a backup's hashes): not shown
 
     # -- parse/validate --------------------------------------------------
     def parse(self, body: str, lang: str, project_root: Path) -> Any:
@@ -265,13 +266,42 @@ def standard_play(kind: StepKind, step: Step, ctx: CompileContext, tasks: list[d
         tasks = [_with_retries(t, int(attrs["retries"]), int(attrs.get("delay", "5"))) for t in tasks]
     block: dict[str, Any] = {"name": step.name, "block": tasks}
     if "when" in attrs:
-        block["when"] = attrs["when"]
+        block["when"] = bare_condition(attrs["when"])
     if "timeout" in attrs:
         block["timeout"] = parse_duration(attrs["timeout"])
     if attrs.get("continue_on_error", "false").lower() in ("true", "yes"):
         block["ignore_errors"] = True
     play["tasks"] = [block]
+    if ctx.phase == "run" and step.name in (ctx.extra.get("published") or ()):
+        play["tasks"].append(publish_task(step.name, tasks))
     return play
+
+
+PLUMBING = "technician-ops: "  # tasks of ours inside a step's play; the tracker does not count them
+
+
+def publish_task(name: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Register the step's last task and publish it as the host's ``steps[name]`` (runbook/refs.py).
+
+    ``no_log``: the result may hold a secret the step printed, and a set_fact's result would carry it
+    into ansible-runner's events on disk.
+    """
+    import json
+
+    last = tasks[-1]
+    register = last.get("register") or "technician_ops_result"
+    last.setdefault("register", register)
+    value = "{{ steps | default({}) | combine({%s: (%s | default({'skipped': true}) | technician_ops_step_output)}) }}" % (
+        json.dumps(name), register)
+    return {"name": f"{PLUMBING}publish {name}", "ansible.builtin.set_fact": {"steps": value}, "no_log": True}
+
+
+def bare_condition(when: str) -> str:
+    """``when=`` as Ansible wants a conditional: a bare expression (``{{ x }}`` around it is dropped)."""
+    text = when.strip()
+    if text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1:
+        return text[2:-2].strip()
+    return when
 
 
 RUN_MARKER = "TECHNICIAN_OPS_RUN"

@@ -10,11 +10,13 @@ arrive on stdin and a short prologue exports them.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 from technician_ops.runbook.model import Step
+from technician_ops.runbook.refs import ENV_FIELDS, env_name as step_env_name, env_refs
 from technician_ops.runbook.yamlio import Unsafe
 from technician_ops.steps.base import BodyError, CompileContext, StepKind
 
@@ -45,6 +47,10 @@ def script_task(step: Step, ctx: CompileContext, *, read_only: bool) -> dict[str
                 secrets.append(name)
             continue
         env[var] = "{{ %s }}" % name
+    for name in env_refs(script, ctx.extra.get("step_names") or []):  # an earlier step's output, as data
+        for field in ENV_FIELDS:
+            env[step_env_name(name, field)] = "{{ (steps[%s] | default({}))[%s] | default('') }}" % (
+                json.dumps(name), json.dumps(field))
     args: dict[str, Any] = {"cmd": Unsafe(SECRET_PROLOGUE + script if secrets else script),
                             "executable": SHELLS.get(step.lang, "/bin/sh")}
     if secrets:

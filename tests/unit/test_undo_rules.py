@@ -146,3 +146,31 @@ def test_a_host_that_fails_because_of_the_stop_is_unknown_not_unreachable() -> N
     tracker.handle({"event": "runner_on_unreachable", "event_data": {"host": "a", "res": {"msg": "Data could not be sent"}}})
     tracker.finish(255, stopped=True)
     assert tracker.steps["patch"].hosts["a"].status is UNKNOWN and tracker.steps["patch"].changed_hosts == ["a"]
+
+
+def test_a_result_too_large_for_ansible_runner_counts_from_ansibles_own_line() -> None:
+    # ansible-runner replaces a result longer than MAX_EVENT_RES with {}: "changed" is then Ansible's line
+    # or unknown, never "nothing changed" (that would skip the undo of a step that changed things).
+    tracker = _tracker()
+    tracker.handle({"event": "playbook_on_play_start", "event_data": {"play": "patch"}})
+    for host, line in (("a", "changed: [a]"), ("b", "ok: [b]"), ("c", "")):
+        tracker.handle({"event": "runner_on_ok", "stdout": line, "event_data": {"host": host, "res": {}}})
+    tracker.handle({"event": "runner_on_failed", "stdout": "fatal: [d]: FAILED!", "event_data": {"host": "d", "res": {}}})
+    tracker.finish(0)
+    hosts = tracker.steps["patch"].hosts
+    assert hosts["a"].may_have_changed and not hosts["b"].may_have_changed
+    assert hosts["c"].changed_unknown and hosts["d"].changed_unknown
+    assert "not kept" in (hosts["a"].output or {}).get("msg", "")
+
+
+def test_long_streams_are_cut_in_the_event_written_to_disk() -> None:
+    tracker = _tracker()
+    tracker.handle({"event": "playbook_on_play_start", "event_data": {"play": "patch"}})
+    event = {"event": "runner_on_ok", "event_data": {"host": "a", "res": {
+        "changed": True, "stdout": "x" * 1_000_000, "stdout_lines": ["x" * 1_000_000], "stderr": "short"}}}
+    assert tracker.handle(event) is True  # kept on disk, as cut here
+    res = event["event_data"]["res"]
+    assert len(res["stdout"]) < 70_000 and "characters cut" in res["stdout"] and "stdout_lines" not in res
+    assert res["stderr"] == "short"
+    tracker.finish(0)
+    assert tracker.steps["patch"].hosts["a"].output["bytes"] == 1_000_005  # counted whole before the cut

@@ -35,6 +35,7 @@ _ACTIONS = ("apply", "plan", "destroy")
 
 class TerraformKind(StepKind):
     name = "terraform"
+    quiet = True
     controller = True
     # Whether a step really has an automatic undo (``rollback: previous``)
     # is decided per step in has_auto_undo.
