@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from technician_ops.engine.request import Prompt, RunRequest, RunResult, UndoRequest
-from technician_ops.errors import Diagnostic, NotFound, PastRunError, TechnicianOpsError
+from technician_ops.errors import Diagnostic, ExitCode, NotFound, PastRunError, TechnicianOpsError
 from technician_ops.project import Project, load_project
 from technician_ops.plan.loader import list_runbooks, load
 from technician_ops.runbook.model import Runbook
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "audit_anchor", "audit_export", "audit_verify", "compile_runbook",
     "history", "lint", "list_backups", "list_runbooks", "load", "open_project", "postmortem", "recover_run",
-    "rollback_run", "run", "run_command", "schedule", "schedule_export", "show", "stats",
+    "report", "rollback_run", "run", "run_command", "schedule", "schedule_export", "show", "stats",
 ]
 
 Warn = Callable[[str], None]
@@ -336,6 +336,43 @@ def _check_anchor(store: Any, anchor: dict[str, Any], path: Path) -> None:
                             f"{digest[:16]}..., the chain holds "
                             + ("no such record" if sealed is None else f"hash {sealed[0][:16]}... there")
                             + ": records were deleted or rewritten since the anchor")
+
+
+def report(project: Project, run_id: str, *, fmt: str = "md", out: Path | None = None, audit: Any = None) -> str:
+    """The executed-runbook report of one run (a unique prefix of its id is enough): Markdown (``md``)
+    or one self-contained HTML file (``html``).
+
+    The runbook's text is read from the record's ``path`` (else the project's runbook of that name),
+    and used even when it changed since the run, with a warning at the top; without it, the report is
+    built from the record alone.  ``out``: also written there, atomically, mode 0600 (a run's outputs
+    and errors are not for every local user).
+    """
+    from technician_ops.errors import StorageError, UsageError
+    from technician_ops.fsutil import atomic_write, regular_file_or_absent
+    from technician_ops.outputs.report import FORMATS, render
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown report format {fmt!r} ({', '.join(FORMATS)})")
+    problem = regular_file_or_absent(out) if out is not None else None
+    if out is not None and not problem and not out.absolute().parent.is_dir():
+        problem = f"{out.absolute().parent} is not a directory"
+    if problem:
+        raise UsageError(f"not writing the report: {problem}")
+    with _store(project, audit, reading=True) as store:
+        record = store.get(run_id)
+    text = render(record, fmt, project_root=project.root)
+    if out is not None:
+        try:
+            atomic_write(out, text.encode("utf-8"), mode=0o600)
+        except OSError as exc:
+            import errno
+
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            error = StorageError(f"cannot write the report to {out}: {exc.strerror or exc}",
+                                 hint="free space on its disk and retry" if full else "check that its directory is writable")
+            error.exit_code = ExitCode.TEMPFAIL if full else ExitCode.CONFIG
+            raise error from None
+    return text
 
 
 def audit_export(project: Project, out: TextIO) -> int:

@@ -355,6 +355,27 @@ def audit_export_cmd(ctx: click.Context, fmt: str, out: str | None, audit_url: s
         audit_export(project, sys.stdout)
 
 
+@cli.command("report")
+@click.argument("run_id")
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True,
+              help="md: Markdown for a ticket or chat; html: one self-contained page (no script, no request).")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.pass_context
+def report_cmd(ctx: click.Context, run_id: str, fmt: str, out: str | None, audit_url: str | None) -> None:
+    """A run as it happened: the runbook's text with each step's result on every host, the rollback,
+    artifacts, parameters and audit-chain links."""
+    from pathlib import Path
+
+    from technician_ops.api import report
+
+    text = report(_project(ctx, audit_url=audit_url), run_id, fmt=fmt, out=Path(out) if out else None)
+    if out:
+        click.echo(f"report written to {out}", err=True)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
 @cli.group("backups")
 def backups_group() -> None:
     """Backups kept for undoing runs."""

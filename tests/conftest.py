@@ -42,8 +42,8 @@ class DemoProject:
         return path
 
 
-@pytest.fixture
-def demo(tmp_path: Path) -> DemoProject:
+def make_demo(tmp_path: Path) -> DemoProject:
+    """The bundled runbooks and playbooks under ``tmp_path/proj``, hosts web1, web2 (web) and db1 (db)."""
     root = tmp_path / "proj"
     root.mkdir()
     for sub in ("runbooks", "playbooks"):
@@ -59,3 +59,8 @@ def demo(tmp_path: Path) -> DemoProject:
             lines.append(f"        {name}: {{state_dir: {hosts / name}}}")
     (root / "inventory" / "hosts.yml").write_text("\n".join(lines) + "\n")
     return DemoProject(root)
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> DemoProject:
+    return make_demo(tmp_path)
