@@ -134,5 +134,10 @@ cat {demo.host_dir("web1")}/leak
     run_id = json.loads(as_json.stdout.splitlines()[0])["run_id"]
     shown = cli(demo, "show", run_id, "--step", "echoes", "--host", "web1")
     assert "token=********" in shown.stdout and secret not in shown.stdout
+    for command in (["report", run_id], ["report", run_id, "--format", "html"], ["postmortem", run_id]):
+        made = cli(demo, *command)
+        assert made.returncode == 0, (command, made.stderr)
+        assert secret not in made.stdout + made.stderr, command
+        assert command[0] == "postmortem" or "token=********" in made.stdout  # the report shows every output
     hits = [p for p in (demo.root / ".technician-ops").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert hits == []
