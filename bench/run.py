@@ -59,6 +59,7 @@ TARGETS = {
     "history_p99_ms": ("<=", 1.0, "ms"),
     "verify_s_per_100k": ("<=", 1.0, "s"),
     "event_ms": ("<=", 0.05, "ms"),
+    "show_200x5_s": ("<=", 1.0, "s"),
 }
 
 BENCH_RUNBOOK = """\
@@ -623,6 +624,47 @@ def bench_events(n: int, log: Callable[[str], None]) -> dict[str, Any]:
             "us_per_event_by_sinks": {k: round(v * 1e6, 2) for k, v in per.items()}}
 
 
+def bench_show(base: Path, hosts: int, steps: int, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """``technician-ops show RUN_ID`` (a whole process) of a run whose every step printed on every host."""
+    from technician_ops.audit import new_run_id
+    from technician_ops.audit.sqlite import SqliteStore
+    from technician_ops.events import Event, Kind
+
+    project = base / "show"
+    (project / "runbooks").mkdir(parents=True, exist_ok=True)
+    state = project / ".technician-ops"
+    store = SqliteStore(state / "audit.db")
+    run_id = new_run_id()
+    try:
+        store.start_run(_header(run_id, 0, dt.datetime.now(dt.timezone.utc)))
+        output = "\n".join(f"line {k}: " + "x" * 60 for k in range(20))
+        for st in range(steps):
+            name = f"step-{st}"
+            store.append(run_id, Event(Kind.STEP_START, {"step": name, "kind": "shell", "hosts": "all", "phase": "run"}))
+            for h in range(hosts):
+                store.append(run_id, Event(Kind.HOST_RESULT, {
+                    "step": name, "host": f"h{h:04d}", "status": "ok", "changed": False, "changed_unknown": False,
+                    "duration": 0.5, "error": None, "phase": "run", "reason": None,
+                    "output": {"stdout": output, "stderr": "", "msg": None, "rc": 0, "bytes": len(output),
+                               "sha256": "0" * 64, "truncated": False}}))
+            store.append(run_id, Event(Kind.STEP_END, {"step": name, "status": "succeeded", "duration": 1.0,
+                                                       "phase": "run", "hosts": {}}))
+        store.finish(run_id, "succeeded")
+    finally:
+        store.close()
+    log(f"show of a run with {hosts} hosts x {steps} steps of output")
+    cmd = [PYTHON, "-m", "technician_ops.cli", "--project", str(project), "show", run_id]
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        times.append(time.perf_counter() - t)
+        if proc.returncode != 0 or f"h{hosts - 1:04d}" not in proc.stdout:
+            raise BenchError(f"show failed: {proc.stderr[-500:]}")
+    return {"hosts": hosts, "steps": steps, "seconds": [round(t, 3) for t in times], "median_s": round(statistics.median(times), 3),
+            "record_bytes": (state / "audit.db").stat().st_size}
+
+
 class _Count:
     """A sink that only counts: how many tool events the runner events became."""
 
@@ -661,6 +703,8 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         f["verify_s_per_100k"] = sq["verify_s_per_100k"]
     if "events" in results:
         f["event_ms"] = results["events"]["ms_per_event"]
+    if "show" in results:
+        f["show_200x5_s"] = results["show"]["median_s"]
     return f
 
 
@@ -742,6 +786,10 @@ def markdown(results: dict[str, Any]) -> str:
         by = ", ".join(f"{k} {v}" for k, v in e["us_per_event_by_sinks"].items())
         lines.append(f"- event pipeline: {e['us_per_event']} µs per ansible-runner event over {e['events']} events "
                      f"({e['bus_events']} tool events emitted); µs/event by sinks: {by}")
+    if "show" in results:
+        sh = results["show"]
+        lines.append(f"- show RUN_ID of {sh['hosts']} hosts x {sh['steps']} steps, each with 20 lines of output: "
+                     f"{sh['median_s']} s median of {sh['seconds']} (store {sh['record_bytes']} bytes)")
     return "\n".join(lines) + "\n"
 
 
@@ -777,7 +825,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--events", type=int, help="synthetic events (default 50000; --quick 5000)")
     p.add_argument("--pg-url", help="also bench a PostgreSQL audit store (a scratch schema is created and dropped)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results directory")
-    p.add_argument("--only", help="comma-separated sections: run,naive,startup,lint,audit,events (default all)")
+    p.add_argument("--only", help="comma-separated sections: run,naive,startup,lint,audit,events,show (default all)")
     args = p.parse_args(argv)
     q = args.quick
     args.reps = args.reps or (2 if q else 3)
@@ -794,7 +842,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.lint_count = args.lint_count or (50 if q else 1000)
     args.events = args.events or (2000 if q else 50_000)
     # --quick leaves out the defaults-vs-naive comparison (two more playbook runs): it must fit a test's minute.
-    args.sections = set((args.only or ("run,startup,lint,audit,events" if q else "run,naive,startup,lint,audit,events")).split(","))
+    args.sections = set((args.only or ("run,startup,lint,audit,events,show" if q else "run,naive,startup,lint,audit,events,show")).split(","))
     return args
 
 
@@ -843,6 +891,9 @@ def main(argv: list[str] | None = None) -> int:
         if "events" in args.sections:
             probes["events"] = speed_probe()
             results["events"] = bench_events(args.events, log)
+        if "show" in args.sections:
+            probes["show"] = speed_probe()
+            results["show"] = bench_show(base, 200, 5, max(args.reps, 3), log)
     probes["end"] = speed_probe()
     results["meta"]["seconds"] = round(time.perf_counter() - t_all, 1)
     results["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
