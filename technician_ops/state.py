@@ -10,6 +10,7 @@ here means the record always says what the engine saw.
 from __future__ import annotations
 
 import enum
+from hashlib import sha256
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,8 +144,6 @@ class Output:
     def add(self, stream: str, text: str) -> None:
         if not text:
             return
-        import hashlib
-
         kept = self._streams[stream]
         text = clean_text(text)
         if kept.head:  # a later task's text starts on a line of its own
@@ -152,7 +151,7 @@ class Output:
         data = text.encode("utf-8")
         self._size += len(data)
         if self._digest is None:
-            self._digest = hashlib.sha256()
+            self._digest = sha256()
         self._digest.update(data)
         kept.add(text, OUTPUT_CAP // 2)
 

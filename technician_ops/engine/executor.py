@@ -20,7 +20,7 @@ from typing import Any, Callable
 from technician_ops.engine import environ
 from technician_ops.engine.redact import Redactor
 from technician_ops.events import Bus, Kind
-from technician_ops.state import HostStatus, Output, StepState, clean_text
+from technician_ops.state import OUTPUT_CAP, HostStatus, Output, StepState, clean_text
 from technician_ops.steps.base import PLUMBING
 
 _SAID = re.compile(r"\s*(changed|ok): \[")
@@ -130,16 +130,18 @@ class StepTracker:
             if dropped:
                 output = self._output.setdefault(host, Output())
                 output.msg = f"the task's result was larger than {MAX_EVENT_RES} characters: its output is not kept"
-            self._collect(host, res, data)
-            _shrink(res)
+            if self._collect(host, res, data):
+                _shrink(res)
         if res.get("diff") and not res.get("censored"):  # --diff (or a task's diff: true)
             text = unified_diff(res["diff"])
             if text:
                 self.bus.emit(Kind.DIFF, step=self.current.name, host=host, task=self.redactor.text(str(data.get("task") or "")),
                               diff=self.redactor.text(text), phase=self.phase)
 
-    def _collect(self, host: str, res: dict[str, Any], data: dict[str, Any]) -> None:
-        """Keep what a task printed on ``host`` (its stdout/stderr; a debug's ``msg``; a failure's reason)."""
+    def _collect(self, host: str, res: dict[str, Any], data: dict[str, Any]) -> bool:
+        """Keep what a task printed on ``host`` (its stdout/stderr; a debug's ``msg``; a failure's reason).
+        True when a stream was longer than the record keeps (the event is then cut too: ``_shrink``)."""
+        long = False
         results = res.get("results")
         items: list[Any] = results if isinstance(results, list) else [res]
         output = self._output.get(host)
@@ -152,6 +154,7 @@ class StepTracker:
                     if output is None:
                         output = self._output[host] = Output()
                     output.add(stream, self.redactor.text(text))
+                    long = long or len(text) > OUTPUT_CAP
         action = str(data.get("task_action") or "")
         msg = res.get("msg")
         if msg and (action.endswith("debug") or res.get("failed")):
@@ -162,6 +165,7 @@ class StepTracker:
             if output is None:
                 output = self._output[host] = Output()
             output.rc = res["rc"]
+        return long
 
     def _error(self, res: dict[str, Any], data: dict[str, Any]) -> str:
         if res.get("censored"):
@@ -213,8 +217,6 @@ MAX_EVENT_RES = 64 * 1024 * 1024
 def _shrink(res: dict[str, Any]) -> None:
     """Cut a result's long streams before ansible-runner writes the event to its artifacts (it writes the
     very dict the handler saw): the job_events files stay small whatever a host printed."""
-    from technician_ops.state import OUTPUT_CAP
-
     for item in (res, *(r for r in res.get("results") or [] if isinstance(r, dict))):
         for key in ("stdout", "stderr"):
             text = item.get(key)

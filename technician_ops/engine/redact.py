@@ -53,11 +53,20 @@ class Redactor:
         """``data`` with every secret in its text masked; the tool's own fields (``STRUCTURAL``) kept."""
         if not self._values:
             return data
-        if isinstance(data, str):
+        kind = type(data)
+        if kind is str or isinstance(data, str):
             return self.text(data)
-        if isinstance(data, dict):
-            return {k: (v if k in STRUCTURAL and not isinstance(v, (dict, list)) else self.obj(v))
-                    for k, v in data.items()}
+        if kind is dict or isinstance(data, dict):  # the hot path: one event payload; exact types first
+            out = {}
+            for k, v in data.items():
+                vk = type(v)
+                if vk is str:
+                    out[k] = v if k in STRUCTURAL else self.text(v)
+                elif vk is int or vk is float or vk is bool or v is None:
+                    out[k] = v
+                else:
+                    out[k] = self.obj(v)
+            return out
         if isinstance(data, (list, tuple)):
             return [self.obj(v) for v in data]
         return data
