@@ -349,7 +349,8 @@ def report(project: Project, run_id: str, *, fmt: str = "md", out: Path | None =
     """
     from technician_ops.errors import StorageError, UsageError
     from technician_ops.fsutil import atomic_write, regular_file_or_absent
-    from technician_ops.outputs.report import FORMATS, render
+    from technician_ops.outputs.report import FORMATS
+    from technician_ops.outputs.run_report import render
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown report format {fmt!r} ({', '.join(FORMATS)})")

@@ -505,17 +505,3 @@ def build(record: dict[str, Any], source: Source) -> Report:
         notices=[_d(n) if isinstance(n, dict) else {"message": as_text(n)} for n in record.get("notices") or []],
         chain=chain, timeline=lanes, span=span,
         generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), version=ours)
-
-
-def render(record: dict[str, Any], fmt: str = "md", *, project_root: Path | None = None) -> str:
-    """The report of one run as Markdown (``md``) or one self-contained HTML file (``html``)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown report format {fmt!r}")
-    report = build(record, read_runbook(record, project_root))
-    if fmt == "html":
-        from technician_ops.outputs.report_html import render_html
-
-        return render_html(report)
-    from technician_ops.outputs.report_md import render_markdown
-
-    return render_markdown(report)

@@ -19,7 +19,8 @@ import pytest
 from markdown_it import MarkdownIt
 
 from technician_ops.errors import NotFound, UsageError
-from technician_ops.outputs.report import TAIL_LINES, build, clean, read_runbook, render
+from technician_ops.outputs.report import TAIL_LINES, build, clean, read_runbook
+from technician_ops.outputs.run_report import render
 
 RUNBOOK = """\
 ---
