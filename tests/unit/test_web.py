@@ -400,7 +400,7 @@ def test_everything_but_approve_is_get_only(demo: DemoProject, method: str, path
 def test_a_running_run_is_folded_live_and_reloads(demo: DemoProject) -> None:
     run_id = write_run(demo, steps={"ship": {"web1": {"status": "changed", "changed": True}}}, finish=False)
     answer = get(app_for(demo), f"/runs/{run_id}")
-    assert answer.status == 200 and "still running" in answer.page.text
+    assert answer.status == 200 and "Still running" in answer.page.text
     assert ("meta", {"http-equiv": "refresh", "content": "10"}) in answer.page.tags
     assert answer.page.cells() == [("web1", "changed")]
 
