@@ -24,6 +24,7 @@ LAYERS = [
     {"engine"},
     {"outputs"},
     {"api"},
+    {"serve"},  # the webhook server and its web view: over the API, under the command line
     {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
