@@ -47,3 +47,20 @@ def regular_file_or_absent(target: Path) -> str | None:
     if not stat.S_ISREG(st.st_mode):
         return f"{target} is not a regular file"
     return None
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them (a larger file is refused).
+
+    A FIFO, a device or a directory is refused before anything is read: reading a FIFO would wait
+    forever.  Raises OSError (``errno`` 0 for a refusal of ours) with the reason.
+    """
+    import stat
+
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(0, "not a regular file")
+        if st.st_size > limit:
+            raise OSError(0, f"{st.st_size} bytes: larger than it can be ({limit})")
+        return fh.read(limit + 1)

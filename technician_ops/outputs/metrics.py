@@ -125,7 +125,6 @@ def _read(path: Path) -> Series:
 
 def render(series: Series) -> bytes:
     """The text exposition format, written by prometheus_client; families and series in a stable order."""
-    from prometheus_client.exposition import generate_latest
     from prometheus_client.metrics_core import Metric
 
     families: list[Metric] = []
@@ -138,6 +137,13 @@ def render(series: Series) -> bytes:
         for labels in sorted(samples, key=lambda k: (dict(k).get("runbook", ""), k)):
             family.add_sample(name, dict(labels), samples[labels])
         families.append(family)
+    return exposition(families)
+
+
+def exposition(families: list[Metric]) -> bytes:
+    """``families`` in Prometheus' text format, written by prometheus_client's own ``generate_latest``."""
+    from prometheus_client.exposition import generate_latest
+
     return generate_latest(_Families(families))
 
 

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from technician_ops.fsutil import read_regular
+from technician_ops.plan.loader import MAX_RUNBOOK_BYTES
+
 FORMATS = ("md", "html")
 TAIL_LINES = 20  # of a host's output shown inline; the HTML has the rest one click away
-MAX_RUNBOOK_BYTES = 4 * 1024 * 1024
 STATUSES = frozenset({"ok", "changed", "failed", "unreachable", "skipped", "unknown", "succeeded", "running",
                       "pending", "not-run"})
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -139,7 +141,7 @@ def read_runbook(record: dict[str, Any], project_root: Path | None = None) -> So
     problems = []
     for path in candidates:
         try:
-            data = _read_regular(path)
+            data = read_regular(path, MAX_RUNBOOK_BYTES)
             text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"{path}: {getattr(exc, 'strerror', None) or exc}")
@@ -157,19 +159,6 @@ def read_runbook(record: dict[str, Any], project_root: Path | None = None) -> So
         return Source(str(path), text, "same", digest, moved.strip(" ()"))
     return Source(recorded, None, "missing", None, "the runbook file cannot be read ("
                   + ("; ".join(problems) or "the record names none") + "): this report is built from the record only")
-
-
-def _read_regular(path: Path) -> bytes:
-    """A regular file's bytes; a FIFO or device is refused before it could block a read."""
-    import stat
-
-    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(0, "not a regular file")
-        if st.st_size > MAX_RUNBOOK_BYTES:
-            raise OSError(0, f"larger than a runbook can be ({st.st_size} bytes)")
-        return fh.read(MAX_RUNBOOK_BYTES + 1)
 
 
 @dataclass

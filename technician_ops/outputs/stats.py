@@ -212,8 +212,9 @@ class StatsMetricsError(UsageError):
 
 def metrics_text(report: StatsReport, now: float) -> bytes:
     """The gauges of ``report`` in the text exposition format, written by prometheus_client."""
-    from prometheus_client.exposition import generate_latest
     from prometheus_client.metrics_core import Metric
+
+    from technician_ops.outputs.metrics import exposition
 
     samples: dict[str, list[tuple[dict[str, str], float]]] = {name: [] for name in FAMILIES}
     for fig in report.figures:
@@ -243,17 +244,7 @@ def metrics_text(report: StatsReport, now: float) -> bytes:
         for labels, value in samples[name]:
             family.add_sample(name, labels, value)
         families.append(family)
-    return generate_latest(_Families(families))
-
-
-@dataclass(frozen=True)
-class _Families:
-    """All that ``generate_latest`` asks of a registry."""
-
-    families: list[Metric]
-
-    def collect(self) -> list[Metric]:
-        return self.families
+    return exposition(families)
 
 
 def foreign_content(path: Path) -> str | None:

@@ -19,6 +19,7 @@ from technician_ops.runbook import yamlio
 from technician_ops.runbook.cron import cron_problem
 from technician_ops.runbook.attrs import AttrError, parse_attrs, split_info
 from technician_ops.errors import Diagnostic, NotFound, RunbookError, TechnicianOpsError
+from technician_ops.fsutil import read_regular
 from technician_ops.project import Project
 from technician_ops.runbook.fences import fences
 from technician_ops.runbook.model import Param, Runbook, Step
@@ -154,17 +155,8 @@ def _without_prompts(script: str) -> str:
 
 
 def _read_regular(path: Path) -> str:
-    """The runbook's text; a FIFO, a device or a directory is refused before it is opened for reading
-    (reading a FIFO would wait forever), and so is a file too large to be a runbook."""
-    import stat
-
-    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(0, "not a regular file")
-        if st.st_size > MAX_RUNBOOK_BYTES:
-            raise OSError(0, f"{st.st_size} bytes: larger than a runbook can be ({MAX_RUNBOOK_BYTES})")
-        return fh.read().decode("utf-8")
+    """The runbook's text (``fsutil.read_regular``: never a FIFO or device, never larger than a runbook)."""
+    return read_regular(path, MAX_RUNBOOK_BYTES).decode("utf-8")
 
 
 def lint(path: Path, project_root: Path | None = None, *, strict: bool = False,
