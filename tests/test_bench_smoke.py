@@ -81,7 +81,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
 
     assert data["meta"]["quick"] is True and data["meta"]["cpus"] >= 1
     probes = data["meta"]["speed_probe_ms"]  # before each section that ran, and at the end
-    assert set(probes) == {"run", "startup", "lint", "audit", "events", "end"} and min(probes.values()) > 0
+    assert set(probes) == {"run", "startup", "lint", "audit", "events", "show", "end"} and min(probes.values()) > 0
     assert "Machine speed (a fixed Python loop" in json_file.with_suffix(".md").read_text()
     one = data["run_vs_raw"]["1"]
     assert one["hosts"] == 1 and one["run_s"] > 0 and one["raw_s"] > 0 and one["ratio"] > 0
@@ -101,10 +101,12 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     events = data["events"]
     assert events["us_per_event"] > 0 and events["bus_events"] > 0
     assert set(events["us_per_event_by_sinks"]) == {"tracker", "json", "text", "text+json"}
+    show = data["show"]  # a whole `show RUN_ID` of 200 hosts x 5 steps, each with output
+    assert show["hosts"] == 200 and show["steps"] == 5 and 0 < show["median_s"] < 30 and show["record_bytes"] > 100_000
 
     figures = {row["figure"]: row for row in data["verdicts"]}
     assert {"run_vs_raw_1", "peak_mem_vs_raw_1", "help_ms", "lint_one_ms", "lint_1000_s", "append_p99_ms", "history_p99_ms",
-            "verify_s_per_100k", "event_ms"} <= set(figures)
+            "verify_s_per_100k", "event_ms", "show_200x5_s"} <= set(figures)
     assert all(isinstance(row["met"], bool) and row["value"] > 0 for row in figures.values())
     md = json_file.with_suffix(".md").read_text()
     assert "| run_vs_raw_1 |" in md and "<= 1.15 x raw" in md
