@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
 def atomic_write(target: Path, data: bytes, *, mode: int = 0o600, fsync: bool = True) -> Path:
     """Write ``data`` to a temp file beside ``target``, chmod it, fsync it, rename it over ``target``."""
+    import tempfile  # not at import: the loader reads files through this module and --help pays for nothing
+
     target = Path(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
