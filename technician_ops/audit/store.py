@@ -91,6 +91,8 @@ _CHAIN_COLS = "seq, run_id, prev_hash, hash, record, runbook, outcome, started_a
 # The body fields verify compares with the row (order matters: see _chain_row).
 _BODY_FIELDS = ("seq", "run_id", "runbook", "outcome", "started_at", "ended_at", "check")
 _RUN_ID_CHARS = frozenset("0123456789abcdef-")
+# The outcomes of a run that never started: ``record_skipped`` writes them.
+NOT_STARTED = (Outcome.SKIPPED.value, Outcome.REFUSED.value, Outcome.AWAITING_APPROVAL.value)
 
 
 def _json_default(value: Any) -> Any:
@@ -363,10 +365,11 @@ class AuditStore(abc.ABC):
         return self._finalize(run_id, _outcome(outcome), ended_at, None)
 
     def record_skipped(self, header: dict[str, Any], reason: str, outcome: str = "skipped") -> dict[str, Any]:
-        """A run that never started (lock held -> ``skipped``; invalid/refused -> ``refused``)."""
+        """A run that never started (lock held -> ``skipped``; invalid/refused -> ``refused``; an unattended
+        start of a runbook with an approve step -> ``awaiting_approval``, its request saved in the header)."""
         outcome = _outcome(outcome)
-        if outcome not in (Outcome.SKIPPED.value, Outcome.REFUSED.value):
-            raise AuditError(f"record_skipped outcome must be 'skipped' or 'refused', not {outcome!r}")
+        if outcome not in NOT_STARTED:
+            raise AuditError(f"record_skipped outcome must be one of {', '.join(NOT_STARTED)}, not {outcome!r}")
         self.start_run(header)
         return self._finalize(str(header["run_id"]).lower(), outcome, header["started_at"], reason)
 
