@@ -156,12 +156,14 @@ def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tu
 @click.option("-v", "--verbose", is_flag=True, help="Show every kept line of each step's output (default: the last 10).")
 @click.option("-e", "--extra-vars", "extra_vars", multiple=True, metavar="VARS",
               help="As ansible-playbook: KEY=VALUE, YAML/JSON, or @FILE (a runbook parameter is bound as with -p).")
+@click.option("--run-id", hidden=True, help="The run's id, chosen by the caller ('serve': to find its record after "
+              "a restart); a lowercase UUID not used before.")
 @click.pass_context
 def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: tuple[str, ...], check: bool, yes: bool,
             approve: tuple[str, ...], output: str, strict: bool, wait_lock: float, skip_preflight: bool,
             accelerate: bool | None, audit_url: str | None, junit: str | None, metrics_file: str | None, notify_url: str | None,
             limit: str | None, tags: tuple[str, ...], skip_tags: tuple[str, ...], diff: bool, hosts: str | None,
-            verbose: bool, extra_vars: tuple[str, ...]) -> None:
+            verbose: bool, extra_vars: tuple[str, ...], run_id: str | None) -> None:
     """Run a runbook: steps in order, undo on failure, one audit record."""
     from technician_ops.api import RunRequest, run_command
     from technician_ops.outputs.console import JsonView, TextView
@@ -180,7 +182,7 @@ def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: t
     request = RunRequest(name, parse_assignments(params), check=check, yes=yes, approve=approve, strict=strict,
                          prompt=prompt if interactive else None, wait_lock=wait_lock, skip_preflight=skip_preflight,
                          accelerate=accelerate, extra_vars=extra_vars, limit=limit, tags=tags, skip_tags=skip_tags,
-                         diff=diff, hosts=hosts)
+                         diff=diff, hosts=hosts, run_id=run_id)
     with _Cancel() as stop:
         result = run_command(request, project, [view if view is not None else JsonView()], cancelled=stop,
                              junit=junit, metrics_file=metrics_file, notify_url=notify_url, warn=_warn)
@@ -220,6 +222,43 @@ class _Cancel:
 
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+@cli.command("approve")
+@click.argument("run_id")
+@click.option("--output", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.pass_context
+def approve_cmd(ctx: click.Context, run_id: str, output: str, audit_url: str | None) -> None:
+    """Release a run an alert started that waits for approval (awaiting_approval): it runs now, as a new
+    run, its approve steps approved by you."""
+    from technician_ops.api import approve_run, show
+    from technician_ops.outputs.console import JsonView, TextView
+
+    project = _project(ctx, audit_url=audit_url)
+    record = show(run_id, project).record or {}
+    saved = record.get("request") if isinstance(record.get("request"), dict) else {}
+    if output == "text" and saved:
+        from technician_ops.outputs.render import printable
+
+        args = " ".join(f"-p {k}={v}" for k, v in sorted((saved.get("params") or {}).items()))
+        limit = f" --limit {saved['limit']}" if saved.get("limit") else ""
+        click.echo(printable(f"releasing run {record.get('run_id')}: {saved.get('runbook')} {args}{limit}".rstrip()),
+                   err=True)
+    with _Cancel() as stop:
+        result = approve_run(project, run_id, user=_user(), sinks=[TextView() if output == "text" else JsonView()],
+                             cancelled=stop)
+    raise SystemExit(int(result.exit_code))
+
+
+def _user() -> str:
+    """Who is approving: the login this process runs as (from the password database, not $USER)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 @cli.command("history")

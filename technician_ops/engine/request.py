@@ -47,6 +47,9 @@ class RunRequest:
     skip_tags: tuple[str, ...] = ()
     diff: bool = False
     hosts: str | None = None  # host pattern for a Markdown file that names none (a Runme README)
+    # ``approve RUN_ID``: every approve step is approved by this user, and the record names the held run
+    approver: str | None = None
+    releases: str | None = None
 
 
 @dataclass
