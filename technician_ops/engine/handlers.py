@@ -36,7 +36,7 @@ class Approvals:
 
     def _pre(self, step: str) -> str | None:
         if self.approver is not None:
-            return "approve"
+            return "release"  # a held run released by ``approve RUN_ID``: the approver is named as user
         if step in self.approve:
             return "--approve"
         if self.yes:
