@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "approval_steps", "approve_run", "audit_anchor",
     "audit_export", "audit_verify", "compile_runbook", "history", "hold_run", "lint", "list_backups", "list_runbooks",
-    "load", "open_project", "postmortem", "recover_run", "refuse_run", "report", "rollback_run", "run", "run_command",
+    "load", "open_project", "postmortem", "recover_run", "refuse_run", "report", "run_outcome", "rollback_run", "run", "run_command",
     "schedule", "schedule_export", "show", "stats", "triggered_runbooks",
 ]
 
@@ -311,6 +311,15 @@ def list_backups(project: Project, run_id: str | None = None, *, verify: bool = 
 
 
 # -- the audit log ----------------------------------------------------------------------------
+
+
+def run_outcome(project: Project, run_id: str, *, audit: Any = None) -> str | None:
+    """The outcome of run ``run_id`` (``running`` while it runs), or None when the store has no such run."""
+    with _store(project, audit, reading=True) as store:
+        try:
+            return str(store.get(run_id)["outcome"])
+        except NotFound:
+            return None
 
 
 def history(project: Project, runbook: str | None = None, *, limit: int = 20, outcome: str | None = None,

@@ -261,6 +261,88 @@ def _user() -> str:
         return str(os.geteuid())
 
 
+@cli.command("serve")
+@click.option("--bind", default="127.0.0.1:9095", show_default=True, metavar="HOST:PORT",
+              help="Where to listen. Anything but loopback needs --token-file or --hmac-secret-file.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Runs at once.")
+@click.option("--queue-size", type=click.IntRange(1, 100000), default=64, show_default=True,
+              help="Accepted runs waiting for a worker; beyond it a notification is answered 429.")
+@click.option("--rate", default="1/5m", show_default=True, metavar="N/PERIOD",
+              help="At most N starts of one runbook per PERIOD; an alert beyond it is refused (recorded).")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="Bearer token Alertmanager sends (http_config.authorization.credentials_file). "
+                   "Or TECHNICIAN_OPS_SERVE_TOKEN. Never on the command line.")
+@click.option("--hmac-secret-file", type=click.Path(dir_okay=False),
+              help="Require X-Technician-Ops-Signature: sha256=HMAC-SHA256(body). Or TECHNICIAN_OPS_SERVE_HMAC_SECRET.")
+@click.option("--notify", "notify_url", envvar="TECHNICIAN_OPS_NOTIFY_URL", metavar="URL",
+              help="Slack-compatible webhook each run POSTs on failure/rollback (prefer the env var).")
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.option("--drain-timeout", type=click.FloatRange(0, 86400), default=60.0, show_default=True, metavar="SECONDS",
+              help="On SIGTERM, how long running runs may finish before they are stopped (and roll back).")
+@click.option("--max-body", type=click.IntRange(1024, 64 * 1024 * 1024), default=1024 * 1024, show_default=True,
+              metavar="BYTES", help="Largest webhook body; a larger one is answered 413.")
+@click.option("--export", "export", type=click.Choice(["systemd"]),
+              help="Print a systemd service unit that runs this server with these options, and exit.")
+@click.option("--user", help="--export systemd: User= of the unit.")
+@click.option("--bin", "binary", type=click.Path(), help="--export: technician-ops executable (default: the one on PATH).")
+@click.option("-o", "--output-dir", "out", type=click.Path(file_okay=False), help="--export: write the unit here.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every decision, repeated notifications too.")
+@click.pass_context
+def serve_cmd(ctx: click.Context, bind: str, workers: int, queue_size: int, rate: str, token_file: str | None,
+              hmac_secret_file: str | None, notify_url: str | None, audit_url: str | None, drain_timeout: float,
+              max_body: int, export: str | None, user: str | None, binary: str | None, out: str | None,
+              verbose: bool) -> None:
+    """Take Alertmanager webhooks (POST /hooks/alertmanager) and run the runbook whose triggers match
+    each firing alert (docs/serve.md)."""
+    import logging
+
+    from technician_ops.serve.server import ServeConfig, parse_bind, parse_rate, read_secret, run_server
+
+    host, port = parse_bind(bind)
+    count, period = parse_rate(rate)
+    if export:
+        _export_serve_unit(ctx, bind=bind, workers=workers, queue_size=queue_size, rate=rate, token_file=token_file,
+                           hmac_secret_file=hmac_secret_file, drain_timeout=drain_timeout, max_body=max_body,
+                           user=user, binary=binary, out=out)
+        return
+    if user or binary or out:
+        raise click.UsageError("--user, --bin and -o go with --export systemd")
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("aiohttp.access", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    project = _project(ctx, audit_url=audit_url)
+    config = ServeConfig(project, host, port, workers=workers, queue_size=queue_size, rate=(count, period),
+                         token=read_secret(token_file, "TECHNICIAN_OPS_SERVE_TOKEN", "token"),
+                         hmac_secret=read_secret(hmac_secret_file, "TECHNICIAN_OPS_SERVE_HMAC_SECRET", "HMAC secret"),
+                         notify_url=notify_url, audit_url=audit_url, drain_timeout=drain_timeout, max_body=max_body)
+    run_server(config)
+
+
+def _export_serve_unit(ctx: click.Context, *, bind: str, workers: int, queue_size: int, rate: str,
+                       token_file: str | None, hmac_secret_file: str | None, drain_timeout: float, max_body: int,
+                       user: str | None, binary: str | None, out: str | None) -> None:
+    import shutil
+    from pathlib import Path
+
+    from technician_ops.outputs.schedule import serve_unit
+
+    args = ["--bind", bind, "--workers", str(workers), "--queue-size", str(queue_size), "--rate", rate,
+            "--drain-timeout", f"{drain_timeout:g}", "--max-body", str(max_body)]
+    for flag, path in (("--token-file", token_file), ("--hmac-secret-file", hmac_secret_file)):
+        if path:
+            args += [flag, str(Path(path).absolute())]
+    exe = binary or shutil.which("technician-ops") or str(Path(sys.executable).parent / "technician-ops")
+    text = serve_unit(technician_ops_bin=str(Path(exe).resolve()), project_root=_project(ctx).root, args=args,
+                      user=user, stop_timeout=drain_timeout + 60)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "technician-ops-serve.service").write_text(text)
+        click.echo(f"wrote {Path(out) / 'technician-ops-serve.service'}")
+    else:
+        click.echo(text, nl=False)
+
+
 @cli.command("history")
 @click.argument("runbook", required=False)
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))

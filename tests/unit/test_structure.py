@@ -24,6 +24,7 @@ LAYERS = [
     {"engine"},
     {"outputs"},
     {"api"},
+    {"serve"},  # technician-ops serve: above the API it calls, below the CLI that starts it
     {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
