@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "approval_steps", "approve_run", "audit_anchor",
     "audit_export", "audit_verify", "compile_runbook", "history", "hold_run", "lint", "list_backups", "list_runbooks",
-    "load", "open_project", "postmortem", "recover_run", "refuse_run", "report", "run_outcome", "rollback_run", "run", "run_command",
+    "load", "open_audit", "open_project", "postmortem", "recover_run", "refuse_run", "report", "run_outcome", "rollback_run", "run", "run_command",
     "schedule", "schedule_export", "show", "stats", "triggered_runbooks",
 ]
 
@@ -71,6 +71,13 @@ def _store(project: Project, audit: Any = None, *, reading: bool = False) -> Ite
                          hint="check its disk and files; 'technician-ops audit verify' says whether it is intact") from exc
     finally:
         store.close()
+
+
+def open_audit(project: Project) -> Any:
+    """The project's audit store, opened for a caller that records many times (``serve``); close it after."""
+    from technician_ops.audit import open_store
+
+    return open_store(project.audit_url, project.root)
 
 
 def _database_error(exc: BaseException) -> bool:

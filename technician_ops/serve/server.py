@@ -41,12 +41,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from technician_ops import api
 from technician_ops.engine.origin import ALERTMANAGER, ORIGIN_DETAIL_ENV, ORIGIN_ENV
-from technician_ops.errors import ConfigError, TechnicianOpsError, UsageError
+from technician_ops.errors import AuditError, ConfigError, TechnicianOpsError, UsageError
 from technician_ops.outcomes import Outcome
 from technician_ops.project import Project
 from technician_ops.serve.alerts import Notification, PayloadError, parse
@@ -216,6 +217,10 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self._idle: set[asyncio.Task[None]] = set()
         self._table: tuple[Any, list[Any]] = ((), [])
+        # Holds and refusals: recorded on one thread, through one store kept open (an alert storm is
+        # hundreds of refusals; opening the store for each would be most of the work).
+        self._recording = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
+        self._audit: Any = None
 
     # -- the runbooks and their triggers ------------------------------------------------------
 
@@ -273,6 +278,8 @@ class Server:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(self._recording, self._close_audit)
+        self._recording.shutdown(wait=True)
         self.journal.close()
 
     def _signal_children(self, sig: int) -> None:
@@ -510,7 +517,8 @@ class Server:
                 return
             job = pending.job
             try:
-                outcome, run_id = await asyncio.to_thread(self._record, pending)
+                outcome, run_id = await asyncio.get_running_loop().run_in_executor(self._recording, self._record,
+                                                                                   pending)
             except TechnicianOpsError as exc:
                 log.warning("job %s (%s): %s", pending.id, job["runbook"], exc.message)
                 outcome, run_id = Outcome.REFUSED.value, pending.run_id
@@ -520,10 +528,30 @@ class Server:
             await self._done(pending, outcome, run_id)
 
     def _record(self, pending: Pending) -> tuple[str, str | None]:
+        """One hold or refusal (on the recorder's thread)."""
+        try:
+            if self._audit is None:
+                self._audit = api.open_audit(self.project)
+            return self._record_in(pending, self._audit)
+        except TechnicianOpsError as exc:
+            if isinstance(exc, AuditError):
+                self._close_audit()  # the store's trouble: opened again for the next one
+            raise
+
+    def _close_audit(self) -> None:
+        if self._audit is not None:
+            try:
+                self._audit.close()
+            finally:
+                self._audit = None
+
+    def _record_in(self, pending: Pending, audit: Any) -> tuple[str, str | None]:
         job = pending.job
         run_id = pending.run_id or api.new_run_id()
-        if pending.run_id is not None and self._outcome(run_id) is not None:
-            return str(self._outcome(run_id)), run_id  # recorded before a restart
+        if pending.run_id is not None:
+            recorded = api.run_outcome(self.project, run_id, audit=audit)
+            if recorded is not None:
+                return recorded, run_id  # recorded before a restart
         pending.run_id = run_id
         self.journal.append([{"t": "started", "id": pending.id, "run_id": run_id}])
         environ = self._environ(job)
@@ -532,14 +560,14 @@ class Server:
         if job["kind"] == "hold":
             reason = f"{job['reason']}; release it with 'technician-ops approve {run_id}'"
             try:
-                result = api.hold_run(request, self.project, reason)
+                result = api.hold_run(request, self.project, reason, audit=audit)
             except TechnicianOpsError as exc:  # refused (recorded): bad parameters, a host not in the inventory
                 log.warning("run %s: runbook %s refused: %s", run_id, job["runbook"], _show(exc.message))
                 return Outcome.REFUSED.value, run_id
             log.warning("run %s: runbook %s awaiting approval: technician-ops approve %s", run_id, job["runbook"],
                         run_id)
             return result.outcome.value, run_id
-        api.refuse_run(request, self.project, str(job["reason"]))
+        api.refuse_run(request, self.project, str(job["reason"]), audit=audit)
         return Outcome.REFUSED.value, run_id
 
     async def _done(self, pending: Pending, outcome: str, run_id: str | None) -> None:
