@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "approval_steps", "approve_run", "audit_anchor",
-    "audit_export", "audit_verify", "compile_runbook", "history", "hold_run", "lint", "list_backups", "list_runbooks",
+    "audit_export", "audit_verify", "compile_runbook", "history", "hold_run", "inventory_name", "lint", "list_backups", "list_runbooks",
     "load", "open_audit", "open_project", "postmortem", "recover_run", "refuse_run", "report", "run_outcome", "rollback_run", "run", "run_command",
     "schedule", "schedule_export", "show", "stats", "triggered_runbooks",
 ]
@@ -241,6 +241,19 @@ def triggered_runbooks(project: Project, warn: Warn | None = None) -> list[Runbo
         if runbook.triggers:
             found.append(runbook)
     return sorted(found, key=lambda rb: rb.name)
+
+
+def inventory_name(project: Project, name: str) -> str:
+    """What ``name`` is in the project's inventory: ``host`` (one host), ``group`` (it names other hosts: a
+    group), or ``""`` (nothing, or there is no inventory)."""
+    from technician_ops.engine.session import load_inventory
+
+    inventory = load_inventory(project)
+    if inventory is None:
+        return ""
+    if name in inventory.all_hosts():
+        return "host"
+    return "group" if inventory.hosts(name) else ""
 
 
 def hold_run(request: RunRequest, project: Project, reason: str, *, audit: Any = None) -> RunResult:

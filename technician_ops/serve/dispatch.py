@@ -22,6 +22,7 @@ journaled, so a refused request (queue full) leaves no trace.
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from technician_ops.serve.alerts import Alert, Notification
 # Why an alert was not run, as the metrics label them.
 REASONS = ("no_trigger", "ambiguous", "labels", "rate_limited")
 MAX_DETAIL_VALUE = 1024  # characters of one label value in the record's origin (the run gets it whole)
+MAX_DETAIL = 12 * 1024  # the origin's alert, as JSON (engine/origin.py takes at most 16 KiB)
 
 
 @dataclass
@@ -51,11 +53,13 @@ class Decision:
         """What the workers do for it: one job per runbook concerned (none for duplicates and strangers)."""
         if self.action not in ("run", "hold", "refuse"):
             return []
+        labels = {k: v[:MAX_DETAIL_VALUE] for k, v in self.labels.items()}
+        if len(json.dumps(labels)) > MAX_DETAIL:  # many long labels read: the record keeps each one's start
+            labels = {k: v[:64] for k, v in labels.items()}
         return [{"kind": self.action, "runbook": name, "params": dict(self.params), "limit": self.limit,
                  "code": self.code, "reason": self.reason,
                  "detail": {"receiver": receiver[:256], "fingerprint": self.alert.fingerprint,
-                            "starts_at": self.alert.starts_at[:64], "runbook": name,
-                            "labels": {k: v[:MAX_DETAIL_VALUE] for k, v in self.labels.items()}}}
+                            "starts_at": self.alert.starts_at[:64], "runbook": name, "labels": labels}}
                 for name in self.runbooks]
 
 

@@ -5,6 +5,7 @@ lines appended with ``O_APPEND`` and fsync'd before the webhook gets its 202:
 
     {"t": "job", "id": ID, "at": T, "key": KEY, "job": {...}}   an alert accepted: run, hold or refuse it
     {"t": "started", "id": ID, "run_id": RUN}                   its run's id, before the run is started
+    {"t": "spawned", "id": ID, "pid": PID, "identity": I}       the run's process (to wait for it after a restart)
     {"t": "done", "id": ID, "outcome": O, "run_id": RUN}        its record is written
     {"t": "seen", "key": KEY, "at": T}                          an alert decided earlier (dedupe)
     {"t": "resolved", "key": KEY, "at": T}                      Alertmanager said it resolved
@@ -48,6 +49,8 @@ class Pending:
     key: str
     job: dict[str, Any]
     run_id: str | None = None  # set once its run was started
+    pid: int | None = None  # its run's process, and that process's identity (``audit.store.process_identity``)
+    identity: str | None = None
 
 
 @dataclass
@@ -125,6 +128,10 @@ class Journal:
         elif kind == "started":
             if entry["id"] in self.pending:
                 self.pending[entry["id"]].run_id = str(entry["run_id"])
+        elif kind == "spawned":
+            if entry["id"] in self.pending:
+                self.pending[entry["id"]].pid = int(entry["pid"])
+                self.pending[entry["id"]].identity = entry.get("identity")
         elif kind == "done":
             self.pending.pop(entry["id"], None)
         elif kind == "seen":
@@ -153,6 +160,8 @@ class Journal:
             lines.append(_line({"t": "job", "id": p.id, "at": p.at, "key": p.key, "job": p.job}))
             if p.run_id is not None:
                 lines.append(_line({"t": "started", "id": p.id, "run_id": p.run_id}))
+            if p.pid is not None:
+                lines.append(_line({"t": "spawned", "id": p.id, "pid": p.pid, "identity": p.identity}))
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:

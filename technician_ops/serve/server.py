@@ -32,6 +32,7 @@ started stay in the journal and run after the next start.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import json
@@ -43,9 +44,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from technician_ops import api
+from technician_ops.audit.store import process_identity
 from technician_ops.engine.origin import ALERTMANAGER, ORIGIN_DETAIL_ENV, ORIGIN_ENV
 from technician_ops.errors import AuditError, ConfigError, TechnicianOpsError, UsageError
 from technician_ops.outcomes import Outcome
@@ -192,10 +195,37 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
 
-@dataclass
-class _Child:
-    pending: Pending
-    proc: asyncio.subprocess.Process
+class RunQueue:
+    """Accepted runs, oldest first; ``get`` hands out the oldest whose runbook's lock none of our own runs
+    holds, so two alerts for one runbook run one after the other here instead of the second being
+    ``skipped`` by our own first.  (A lock held by anyone else still skips the run, as it does for cron.)"""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Pending] = collections.deque()
+        self._held: set[str] = set()
+        self._changed = asyncio.Event()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, pending: Pending) -> None:
+        self._items.append(pending)
+        self._changed.set()
+
+    async def get(self, lock_of: Callable[[Pending], str]) -> tuple[Pending, str]:
+        while True:
+            for i, pending in enumerate(self._items):
+                lock = lock_of(pending)
+                if lock not in self._held:
+                    del self._items[i]
+                    self._held.add(lock)
+                    return pending, lock
+            self._changed.clear()
+            await self._changed.wait()
+
+    def release(self, lock: str) -> None:
+        self._held.discard(lock)
+        self._changed.set()
 
 
 class Server:
@@ -209,9 +239,9 @@ class Server:
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(self._runbooks, self.journal.is_seen, RateLimit(*config.rate), api.approval_steps)
         self.draining = False
-        self.runs: asyncio.Queue[Pending] = asyncio.Queue()
+        self.runs = RunQueue()
         self.records: asyncio.Queue[Pending] = asyncio.Queue()
-        self.children: dict[int, _Child] = {}
+        self.children: dict[int, Pending] = {}  # pid (= its process group) -> the job it runs
         self.busy = 0
         self._decide = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -278,14 +308,16 @@ class Server:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(self._recording, self._close_audit)
+        await self._on_recorder(self._close_audit)
         self._recording.shutdown(wait=True)
         self.journal.close()
 
     def _signal_children(self, sig: int) -> None:
-        for child in list(self.children.values()):
+        for pid, pending in list(self.children.items()):
+            if process_identity(pid) != pending.identity:
+                continue  # gone, and the number may be someone else's now
             try:
-                os.killpg(child.proc.pid, sig)
+                os.killpg(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
 
@@ -427,10 +459,11 @@ class Server:
         while not self.draining:
             self._idle.add(task)
             try:
-                pending = await self.runs.get()
+                pending, lock = await self.runs.get(self._lock_of)
             finally:
                 self._idle.discard(task)
             if self.draining:
+                self.runs.release(lock)
                 return  # not started: still in the journal, run after the next start
             self.busy += 1
             self._gauges()
@@ -441,12 +474,21 @@ class Server:
                 outcome, run_id = "error", pending.run_id
             finally:
                 self.busy -= 1
+                self.runs.release(lock)
                 self._gauges()
             await self._done(pending, outcome, run_id)
 
+    def _lock_of(self, pending: Pending) -> str:
+        name = str(pending.job.get("runbook"))
+        runbook = next((rb for rb in self._table[1] if rb.name == name), None)
+        return str(runbook.lock) if runbook is not None else name
+
     async def _run(self, pending: Pending) -> tuple[str, str | None]:
         job = pending.job
-        if pending.run_id is not None:  # started before a restart: did it get as far as a record?
+        if pending.run_id is not None:  # started before a restart
+            if pending.pid is not None and process_identity(pending.pid) == pending.identity \
+                    and pending.identity is not None:
+                await self._adopt(pending)  # its run goes on in its own session: wait for it, never run it twice
             outcome = await asyncio.to_thread(self._outcome, pending.run_id)
             if outcome is not None:
                 log.info("job %s: run %s was started before the restart and is recorded (%s): not run again",
@@ -455,6 +497,12 @@ class Server:
         else:
             pending.run_id = api.new_run_id()
             await asyncio.to_thread(self.journal.append, [{"t": "started", "id": pending.id, "run_id": pending.run_id}])
+            if job.get("limit") and await self._on_recorder(self._names_a_group, str(job["limit"])):
+                reason = (f"the trigger's hosts rendered {job['limit']!r}, which is a group of the inventory, not one "
+                          "host: an alert's run is limited to one host")
+                await self._on_recorder(self._refuse, self._request(job, pending.run_id), reason)
+                log.warning("run %s: runbook %s refused: %s", pending.run_id, job["runbook"], _show(reason))
+                return Outcome.REFUSED.value, pending.run_id
         run_id = pending.run_id
         argv = [self.config.python, "-m", "technician_ops.cli", "--project", str(self.project.root), "run",
                 str(job["runbook"])]
@@ -464,17 +512,28 @@ class Server:
             argv += ["--limit", str(job["limit"])]
         argv += ["--output", "json", "--run-id", run_id]
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env=self._environ(job), cwd=str(self.project.root), start_new_session=True)
-        self.children[proc.pid] = _Child(pending, proc)
-        log.info("run %s: runbook %s started for alert %s (pid %d)", run_id, job["runbook"],
-                 job["detail"].get("fingerprint"), proc.pid)
+        # stderr to a file of the run, not a pipe: a run outlives a killed server, and must not die of EPIPE
+        logs = self.journal.directory / "runs"
+        logs.mkdir(mode=0o700, exist_ok=True)
+        err_path = logs / f"{run_id}.stderr"
+        err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            tail = await _tail(proc.stderr)
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err_fd,
+                env=self._environ(job), cwd=str(self.project.root), start_new_session=True)
+        finally:
+            os.close(err_fd)
+        pending.pid, pending.identity = proc.pid, process_identity(proc.pid)
+        self.children[proc.pid] = pending
+        try:
+            await asyncio.to_thread(self.journal.append, [{"t": "spawned", "id": pending.id, "pid": proc.pid,
+                                                           "identity": pending.identity}])
+            log.info("run %s: runbook %s started for alert %s (pid %d)", run_id, job["runbook"],
+                     job["detail"].get("fingerprint"), proc.pid)
             rc = await proc.wait()
         finally:
             self.children.pop(proc.pid, None)
+        tail = _tail(err_path)
         outcome = await asyncio.to_thread(self._outcome, run_id)
         if outcome is None:
             outcome = "error"
@@ -484,7 +543,42 @@ class Server:
                      time.monotonic() - started)
             if rc not in (0, 1, 3, 4, 5, 75, 130) and tail:
                 log.warning("run %s: %s", run_id, _show(tail))
+        if not tail:
+            err_path.unlink(missing_ok=True)
         return outcome, run_id
+
+    async def _on_recorder(self, func: Callable[..., Any], *args: Any) -> Any:
+        """``func(*args)`` on the recorder's one thread: everything this process asks Ansible (an inventory)
+        or the store happens there, one call at a time (Ansible's plugin loader is not thread safe)."""
+        return await asyncio.get_running_loop().run_in_executor(self._recording, func, *args)
+
+    def _refuse(self, request: Any, reason: str) -> None:
+        if self._audit is None:
+            self._audit = api.open_audit(self.project)
+        api.refuse_run(request, self.project, reason, audit=self._audit)
+
+    def _names_a_group(self, name: str) -> bool:
+        try:
+            return api.inventory_name(self.project, name) == "group"
+        except TechnicianOpsError:
+            return False  # the run says what is wrong with the inventory, in its record
+
+    def _request(self, job: dict[str, Any], run_id: str) -> Any:
+        return api.RunRequest(str(job["runbook"]), dict(job.get("params") or {}), limit=job.get("limit"),
+                              run_id=run_id, environ=self._environ(job))
+
+    async def _adopt(self, pending: Pending) -> None:
+        """Wait for a run a killed server started (it still runs, in its own session); stopped at the drain
+        deadline like our own."""
+        assert pending.pid is not None
+        log.info("job %s: run %s (pid %d) started before the restart is still running: waiting for it",
+                 pending.id, pending.run_id, pending.pid)
+        self.children[pending.pid] = pending
+        try:
+            while process_identity(pending.pid) == pending.identity:
+                await asyncio.sleep(0.5)
+        finally:
+            self.children.pop(pending.pid, None)
 
     def _environ(self, job: dict[str, Any]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _WITHHELD}
@@ -517,8 +611,7 @@ class Server:
                 return
             job = pending.job
             try:
-                outcome, run_id = await asyncio.get_running_loop().run_in_executor(self._recording, self._record,
-                                                                                   pending)
+                outcome, run_id = await self._on_recorder(self._record, pending)
             except TechnicianOpsError as exc:
                 log.warning("job %s (%s): %s", pending.id, job["runbook"], exc.message)
                 outcome, run_id = Outcome.REFUSED.value, pending.run_id
@@ -554,9 +647,7 @@ class Server:
                 return recorded, run_id  # recorded before a restart
         pending.run_id = run_id
         self.journal.append([{"t": "started", "id": pending.id, "run_id": run_id}])
-        environ = self._environ(job)
-        request = api.RunRequest(str(job["runbook"]), dict(job.get("params") or {}), limit=job.get("limit"),
-                                 run_id=run_id, environ=environ)
+        request = self._request(job, run_id)
         if job["kind"] == "hold":
             reason = f"{job['reason']}; release it with 'technician-ops approve {run_id}'"
             try:
@@ -579,17 +670,14 @@ class Server:
             log.error("journal: %s (job %s may run again after a restart)", exc.message, pending.id)
 
 
-async def _tail(stream: asyncio.StreamReader | None) -> str:
-    """Read ``stream`` to its end, keeping only its last ``STDERR_TAIL`` bytes."""
-    if stream is None:
+def _tail(path: Path) -> str:
+    """The last ``STDERR_TAIL`` bytes of a run's stderr file."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - STDERR_TAIL))
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
         return ""
-    kept = b""
-    while True:
-        chunk = await stream.read(65536)
-        if not chunk:
-            break
-        kept = (kept + chunk)[-STDERR_TAIL:]
-    return kept.decode("utf-8", errors="replace")
 
 
 def _show(value: Any) -> str:
