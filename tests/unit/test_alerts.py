@@ -291,3 +291,13 @@ def test_secrets_come_from_a_private_file_or_the_environment_never_an_argument(t
     assert read_secret(None, "TECHNICIAN_OPS_SERVE_TOKEN", "token") == b"from-the-environment-0123"
     assert "TECHNICIAN_OPS_SERVE_TOKEN" not in os.environ  # read once, then out of reach of every run
     assert read_secret(None, "TECHNICIAN_OPS_SERVE_TOKEN", "token") is None
+
+
+def test_docs_name_exactly_the_metrics_served() -> None:
+    import re
+
+    from technician_ops.serve.server import Metrics
+
+    served = {m.name + ("_total" if m.type == "counter" else "") for m in Metrics().registry.collect()}
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "serve.md").read_text()
+    assert set(re.findall(r"technician_ops_serve_[a-z_]+", doc)) == served
