@@ -552,3 +552,49 @@ def test_the_real_alertmanager_fires_a_runbook_once(serve: Callable[..., Served]
     assert alert_["starts_at"] == fired["startsAt"] or alert_["starts_at"][:19] == fired["startsAt"][:19]
     assert alert_["labels"] == {"alertname": "DiskFull", "instance": "web2:9100", "mountpoint": "/srv/data"}
     assert (project.host_dir("web2") / "cleaned").read_text() == "/srv/data\n"
+
+
+# -- approvals, through the API a web page uses too ----------------------------------------------
+
+
+def test_approve_releases_a_held_run_once_and_only_as_it_was_held(project: DemoProject) -> None:
+    from technician_ops import api
+    from technician_ops.engine.lock import RunLock
+    from technician_ops.errors import LockHeld, ParameterError, PastRunError
+
+    proj = project.project()
+    detail = json.dumps({"receiver": "ops", "fingerprint": "d1", "labels": {"alertname": "NeedsHuman"}})
+    environ = {**os.environ, "TECHNICIAN_OPS_ORIGIN": "alertmanager", "TECHNICIAN_OPS_ORIGIN_DETAIL": detail}
+    held = api.hold_run(api.RunRequest("needs-human", {"reason": "r1"}, environ=environ), proj, "held for a test")
+    assert held.outcome.value == "awaiting_approval" and int(held.exit_code) == 5
+
+    refused_id = api.refuse_run(api.RunRequest("needs-human", {"reason": "r2"}), proj, "refused for a test")
+    with pytest.raises(PastRunError, match="is not awaiting approval \\(it is refused\\)"):
+        api.approve_run(proj, refused_id, user="alice")
+
+    lock = RunLock(proj.state_dir / "locks", "needs-human")
+    lock.acquire()
+    try:
+        with pytest.raises(LockHeld):  # skipped before anything ran: it may be approved again
+            api.approve_run(proj, held.run_id, user="alice")
+    finally:
+        lock.release()
+    result = api.approve_run(proj, held.run_id, user="bob")
+    assert result.outcome.value == "succeeded"
+    record = api.show(result.run_id, proj).record or {}
+    assert record["releases"] == held.run_id and record["approvals"][0]["user"] == "bob"
+    assert record["origin"]["alert"]["fingerprint"] == "d1"
+    with pytest.raises(PastRunError, match=f"already approved by bob at .*: run {result.run_id}"):
+        api.approve_run(proj, held.run_id, user="alice")
+
+    again = api.hold_run(api.RunRequest("needs-human", {"reason": "r3"}), proj, "held for a test")
+    path = proj.runbooks_dir / "needs-human.md"
+    path.write_text(path.read_text().replace("Restart it?", "Restart it now?"))
+    with pytest.raises(PastRunError, match="changed since run"):
+        api.approve_run(proj, again.run_id, user="alice")
+    with pytest.raises(ParameterError, match="'nowhere' matches no host"):
+        api.hold_run(api.RunRequest("needs-human", {"reason": "r4"}, limit="nowhere"), proj, "held for a test")
+    assert [r["outcome"] for r in api.history(proj, "needs-human", limit=1)] == ["refused"]  # checked when held
+
+    bad = cli(project, "run", "needs-human", "-p", "reason=x", "--run-id", "../../etc/passwd", timeout=60)
+    assert bad.returncode == 64 and "is not a run id" in bad.stderr
