@@ -419,8 +419,27 @@ def test_a_full_queue_answers_429_and_a_restart_runs_what_was_accepted(serve: Ca
 def test_sigterm_drains_runs_then_stops_what_outlives_the_deadline(serve: Callable[..., Served],
                                                                    project: DemoProject) -> None:
     """Two runs going (two runbooks: two locks): the short one finishes within the drain deadline, the long one
-    is stopped at it (interrupted, rolled back by the run itself); the server answers 503 meanwhile, exits 0."""
-    served = serve("--workers", "2", "--rate", "100/1m", "--drain-timeout", "6")
+    is stopped at it (interrupted, rolled back by the run itself); the server answers 503 meanwhile, exits 0.
+    TECHNICIAN_OPS_NOTIFY_URL reaches the runs as for cron: the interrupted one posts its message."""
+    import http.server
+    import threading
+
+    posted: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    chat = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=chat.serve_forever, daemon=True).start()
+    served = serve("--workers", "2", "--rate", "100/1m", "--drain-timeout", "6",
+                   env={"TECHNICIAN_OPS_NOTIFY_URL": f"http://127.0.0.1:{chat.server_address[1]}/hook"})
     assert served.post(alert("c1", alertname="Slow", instance="web1", pause="3"),
                        alert("c2", alertname="SlowToo", instance="web2", pause="120"))[0] == 202
     wait_for("both runs to start", lambda: served.get("/healthz")[2]["busy"] == 2, 20)
@@ -439,6 +458,8 @@ def test_sigterm_drains_runs_then_stops_what_outlives_the_deadline(serve: Callab
     outcomes = {fingerprint_of(r): r["outcome"] for r in records(project)}
     assert outcomes == {"c1": "succeeded", "c2": "interrupted"}
     assert "drain deadline (6s) passed: stopping 1 run(s)" in served.log.read_text()
+    chat.shutdown()
+    assert len(posted) == 1 and "slow-too" in posted[0]["text"] and "interrupted" in posted[0]["text"]
 
 
 def test_a_burst_of_1000_alerts_keeps_memory_and_answers_bounded(serve: Callable[..., Served],
