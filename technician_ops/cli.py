@@ -305,7 +305,8 @@ def serve_cmd(ctx: click.Context, bind: str, workers: int, queue_size: int, rate
     each firing alert (docs/serve.md)."""
     import logging
 
-    from technician_ops.serve.server import ServeConfig, parse_bind, parse_rate, read_secret, run_server
+    from technician_ops.serve.config import ServeConfig, parse_bind, parse_rate, read_secret
+    from technician_ops.serve.server import run_server
 
     host, port = parse_bind(bind)
     count, period = parse_rate(rate)

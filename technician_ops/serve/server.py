@@ -39,23 +39,22 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from technician_ops import api
 from technician_ops.audit.store import process_identity
 from technician_ops.engine.origin import ALERTMANAGER, ORIGIN_DETAIL_ENV, ORIGIN_ENV
-from technician_ops.errors import AuditError, ConfigError, TechnicianOpsError, UsageError
+from technician_ops.errors import AuditError, ConfigError, TechnicianOpsError
 from technician_ops.outcomes import Outcome
-from technician_ops.project import Project
 from technician_ops.serve.alerts import Notification, PayloadError, parse
-from technician_ops.serve.dispatch import REASONS, Decision, Dispatcher, RateLimit
+from technician_ops.serve.config import HMAC_ENV, TOKEN_ENV, ServeConfig
+from technician_ops.serve.dispatch import Decision, Dispatcher, RateLimit
 from technician_ops.serve.journal import Journal, Pending
+from technician_ops.serve.metrics import Metrics
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -64,135 +63,12 @@ log = logging.getLogger("technician_ops.serve")
 
 HOOK = "/hooks/alertmanager"
 SIGNATURE_HEADER = "X-Technician-Ops-Signature"  # "sha256=" + hex HMAC-SHA256 of the body
-TOKEN_ENV = "TECHNICIAN_OPS_SERVE_TOKEN"
-HMAC_ENV = "TECHNICIAN_OPS_SERVE_HMAC_SECRET"
-MIN_SECRET = 16  # characters of a token or HMAC secret
 RECORD_QUEUE = 10_000  # holds and refusals waiting to be recorded
 RETRY_AFTER_FULL = "30"
 RETRY_AFTER_DRAINING = "60"
 STDERR_TAIL = 4096
 # Never handed to a run: the server's own credentials, and the origin it sets itself.
 _WITHHELD = (TOKEN_ENV, HMAC_ENV, ORIGIN_ENV, ORIGIN_DETAIL_ENV)
-
-
-@dataclass
-class ServeConfig:
-    project: Project
-    host: str = "127.0.0.1"
-    port: int = 9095
-    workers: int = 2
-    queue_size: int = 64
-    rate: tuple[int, float] = (1, 300.0)
-    token: bytes | None = None
-    hmac_secret: bytes | None = None
-    notify_url: str | None = None
-    audit_url: str | None = None
-    drain_timeout: float = 60.0
-    kill_grace: float = 30.0
-    max_body: int = 1024 * 1024
-    python: str = field(default_factory=lambda: sys.executable)
-
-    def check(self) -> None:
-        if self.workers < 1 or self.queue_size < 1:
-            raise UsageError("--workers and --queue-size must be at least 1")
-        if not is_loopback(self.host) and self.token is None and self.hmac_secret is None:
-            raise ConfigError(f"refusing to listen on {self.host} without authentication: anyone who reaches it "
-                              "could start runbooks",
-                              hint=f"give --token-file FILE (or {TOKEN_ENV}) and configure Alertmanager's "
-                                   "http_config.authorization.credentials_file with the same token; or bind to 127.0.0.1")
-
-
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def parse_bind(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--bind {text!r}: write HOST:PORT, e.g. 127.0.0.1:9095")
-    return host.strip("[]"), int(port)
-
-
-def parse_rate(text: str) -> tuple[int, float]:
-    """``N/PERIOD``: ``1/5m``, ``10/1h``."""
-    from technician_ops.runbook.params import parse_duration
-
-    count, sep, period = text.partition("/")
-    try:
-        if not sep or not count.strip().isdigit() or int(count) < 1:
-            raise ValueError("count")
-        return int(count), float(parse_duration(period.strip()))
-    except ValueError:
-        raise UsageError(f"--rate {text!r}: write N/PERIOD, e.g. 1/5m (at most N starts of a runbook per PERIOD)") from None
-
-
-def read_secret(path: str | None, env: str, what: str) -> bytes | None:
-    """A token or HMAC secret from a file (trailing whitespace stripped, as Alertmanager's credentials_file
-    is read) or from ``env``; the variable is removed from this process's environment once read."""
-    value: str | None = None
-    if path:
-        import stat
-
-        try:
-            st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(f"{what} file {path} is not a regular file")
-            if st.st_mode & stat.S_IROTH:
-                raise ConfigError(f"{what} file {path} is readable by every user", hint=f"chmod o-r {path}")
-            with open(path, encoding="utf-8") as fh:
-                value = fh.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"the {what} file {path} is not text") from None
-    elif os.environ.get(env):
-        value = os.environ.pop(env).strip()
-    if value is None:
-        return None
-    if len(value) < MIN_SECRET or not value.isprintable():
-        raise ConfigError(f"the {what} must be at least {MIN_SECRET} printable characters",
-                          hint="generate one: head -c 32 /dev/urandom | base64")
-    return value.encode("utf-8")
-
-
-class Metrics:
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge
-
-        self.registry = CollectorRegistry(auto_describe=True)
-        p = "technician_ops_serve_"
-        self.requests = Counter(p + "requests", "Webhook requests answered, by HTTP status.", ["code"],
-                                registry=self.registry)
-        self.received = Counter(p + "alerts_received", "Alerts received in webhook notifications, by status.",
-                                ["status"], registry=self.registry)
-        self.accepted = Counter(p + "alerts_accepted", "Firing alerts accepted to run (or to wait for approval), "
-                                "by runbook.", ["runbook"], registry=self.registry)
-        self.refused = Counter(p + "alerts_refused", "Firing alerts not run, by reason.", ["reason"],
-                               registry=self.registry)
-        self.duplicates = Counter(p + "alerts_duplicate", "Repeated notifications of an alert already decided.",
-                                  registry=self.registry)
-        self.runs = Counter(p + "runs", "Runs (and held or refused records) finished, by runbook and outcome.",
-                            ["runbook", "outcome"], registry=self.registry)
-        self.queue_depth = Gauge(p + "queue_depth", "Accepted runs waiting for a worker.", registry=self.registry)
-        self.workers = Gauge(p + "workers", "Run workers.", registry=self.registry)
-        self.busy = Gauge(p + "workers_busy", "Run workers running a runbook now.", registry=self.registry)
-        for status in ("firing", "resolved"):
-            self.received.labels(status)
-        for reason in REASONS:
-            self.refused.labels(reason)
-
-    def text(self) -> bytes:
-        from prometheus_client import generate_latest
-
-        return bytes(generate_latest(self.registry))
 
 
 class RunQueue:
@@ -739,5 +615,4 @@ def run_server(config: ServeConfig, *, extra: Sequence[Callable[[web.Application
     asyncio.run(serve(config, extra=extra, ready=ready))
 
 
-__all__ = ["HOOK", "SIGNATURE_HEADER", "ServeConfig", "Server", "build_app", "parse_bind", "parse_rate", "read_secret",
-           "run_server", "serve"]
+__all__ = ["HOOK", "SIGNATURE_HEADER", "Server", "build_app", "run_server", "serve"]

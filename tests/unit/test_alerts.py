@@ -18,7 +18,7 @@ from technician_ops.plan.loader import load_runbook
 from technician_ops.serve.alerts import PayloadError, parse
 from technician_ops.serve.dispatch import Dispatcher, RateLimit
 from technician_ops.serve.journal import Journal
-from technician_ops.serve.server import is_loopback, parse_bind, parse_rate, read_secret
+from technician_ops.serve.config import is_loopback, parse_bind, parse_rate, read_secret
 
 ALERT = {"status": "firing", "labels": {"alertname": "DiskFull", "instance": "web1:9100", "mountpoint": "/var"},
          "annotations": {"summary": "full"}, "startsAt": "2024-05-01T10:00:00.123456789+02:00",
@@ -296,7 +296,7 @@ def test_secrets_come_from_a_private_file_or_the_environment_never_an_argument(t
 def test_docs_name_exactly_the_metrics_served() -> None:
     import re
 
-    from technician_ops.serve.server import Metrics
+    from technician_ops.serve.metrics import Metrics
 
     served = {m.name + ("_total" if m.type == "counter" else "") for m in Metrics().registry.collect()}
     doc = (Path(__file__).resolve().parents[2] / "docs" / "serve.md").read_text()
