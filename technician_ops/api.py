@@ -32,9 +32,10 @@ if TYPE_CHECKING:
     from technician_ops.steps.backup.controller import BackupEntry
 
 __all__ = [
-    "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "audit_anchor", "audit_export", "audit_verify", "compile_runbook",
-    "history", "lint", "list_backups", "list_runbooks", "load", "open_project", "postmortem", "recover_run",
-    "report", "rollback_run", "run", "run_command", "schedule", "schedule_export", "show", "stats",
+    "PastRunError", "Prompt", "RunRequest", "RunResult", "UndoRequest", "approval_steps", "approve_run", "audit_anchor",
+    "audit_export", "audit_verify", "compile_runbook", "history", "hold_run", "inventory_name", "lint", "list_backups", "list_runbooks",
+    "load", "open_audit", "open_project", "postmortem", "recover_run", "refuse_run", "report", "run_outcome", "rollback_run", "run", "run_command",
+    "schedule", "schedule_export", "show", "stats", "triggered_runbooks",
 ]
 
 Warn = Callable[[str], None]
@@ -70,6 +71,13 @@ def _store(project: Project, audit: Any = None, *, reading: bool = False) -> Ite
                          hint="check its disk and files; 'technician-ops audit verify' says whether it is intact") from exc
     finally:
         store.close()
+
+
+def open_audit(project: Project) -> Any:
+    """The project's audit store, opened for a caller that records many times (``serve``); close it after."""
+    from technician_ops.audit import open_store
+
+    return open_store(project.audit_url, project.root)
 
 
 def _database_error(exc: BaseException) -> bool:
@@ -212,6 +220,78 @@ def run_command(request: RunRequest, project: Project, sinks: list[Sink], *, can
     return result
 
 
+def approval_steps(runbook: Runbook) -> list[str]:
+    """The steps of ``runbook`` that ask a human (``approve``): an unattended start must wait for one."""
+    from technician_ops import steps as kinds
+
+    return [s.name for s in runbook.steps if (kind := kinds.get(s.kind)) is not None and kind.asks_operator]
+
+
+def triggered_runbooks(project: Project, warn: Warn | None = None) -> list[Runbook]:
+    """The runbooks with ``triggers:``, by name; an invalid runbook is skipped with a warning (``lint`` says why)."""
+    from technician_ops.plan.loader import load_runbook, runbook_files
+
+    found: list[Runbook] = []
+    for path in runbook_files(project.runbooks_dir)[0]:
+        try:
+            runbook = load_runbook(path, project.root)
+        except TechnicianOpsError as exc:
+            _warn_all(warn, [f"skipping invalid runbook {path.name}: {exc.message.splitlines()[0]}"])
+            continue
+        if runbook.triggers:
+            found.append(runbook)
+    return sorted(found, key=lambda rb: rb.name)
+
+
+def inventory_name(project: Project, name: str) -> str:
+    """What ``name`` is in the project's inventory: ``host`` (one host), ``group`` (it names other hosts: a
+    group), or ``""`` (nothing, or there is no inventory)."""
+    from technician_ops.engine.session import load_inventory
+
+    inventory = load_inventory(project)
+    if inventory is None:
+        return ""
+    if name in inventory.all_hosts():
+        return "host"
+    return "group" if inventory.hosts(name) else ""
+
+
+def hold_run(request: RunRequest, project: Project, reason: str, *, audit: Any = None) -> RunResult:
+    """Record ``request`` as ``awaiting_approval``: nothing runs; ``approve_run`` releases it.
+
+    Its parameters and hosts are checked now (a request that could never run is ``refused``, and raises).
+    """
+    from technician_ops.engine.run import hold
+    from technician_ops.events import Bus
+
+    with _store(project, audit) as store:
+        return hold(request, project, Bus([]), store, reason)
+
+
+def refuse_run(request: RunRequest, project: Project, reason: str, *, audit: Any = None) -> str:
+    """Record that ``request`` was refused before anything ran, with ``reason``; the record's run id."""
+    from technician_ops.engine.run import refuse
+
+    with _store(project, audit) as store:
+        return refuse(request, project, store, reason)
+
+
+def approve_run(project: Project, run_id: str, *, user: str, sinks: list[Sink] | None = None, audit: Any = None,
+                cancelled: Callable[[], bool] | None = None) -> RunResult:
+    """Release a held (``awaiting_approval``) run: its saved request runs now as a new run, every approve
+    step approved by ``user``; the new record's ``releases`` names the held run.
+
+    Raises ``PastRunError`` when the run is not held, was already released, or its runbook changed since.
+    A release refused or skipped before anything ran (a held lock, a host gone from the inventory) may be
+    approved again.
+    """
+    from technician_ops.engine.run import release
+    from technician_ops.events import Bus
+
+    with _store(project, audit) as store:
+        return release(project, run_id, user, Bus(list(sinks or [])), store, cancelled)
+
+
 def _warn_all(warn: Warn | None, warnings: list[str]) -> None:
     for text in warnings:
         if warn is not None:
@@ -251,6 +331,15 @@ def list_backups(project: Project, run_id: str | None = None, *, verify: bool = 
 
 
 # -- the audit log ----------------------------------------------------------------------------
+
+
+def run_outcome(project: Project, run_id: str, *, audit: Any = None) -> str | None:
+    """The outcome of run ``run_id`` (``running`` while it runs), or None when the store has no such run."""
+    with _store(project, audit, reading=True) as store:
+        try:
+            return str(store.get(run_id)["outcome"])
+        except NotFound:
+            return None
 
 
 def history(project: Project, runbook: str | None = None, *, limit: int = 20, outcome: str | None = None,
@@ -508,6 +597,7 @@ _BLOCKS = {
     "bind_plan": "technician_ops.plan.compiler", "write_plan": "technician_ops.plan.files",
     "load_inventory": "technician_ops.engine.session", "target_hosts": "technician_ops.engine.session",
     "sized": "technician_ops.engine.session", "EXIT_FOR_OUTCOME": "technician_ops.engine.request",
+    "new_run_id": "technician_ops.audit",
 }
 
 

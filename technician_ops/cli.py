@@ -156,12 +156,15 @@ def compile_cmd(ctx: click.Context, name: str, out: str, check: bool, params: tu
 @click.option("-v", "--verbose", is_flag=True, help="Show every kept line of each step's output (default: the last 10).")
 @click.option("-e", "--extra-vars", "extra_vars", multiple=True, metavar="VARS",
               help="As ansible-playbook: KEY=VALUE, YAML/JSON, or @FILE (a runbook parameter is bound as with -p).")
+@click.option("--run-id", hidden=True, callback=lambda ctx, param, value: _run_id(value),
+              help="The run's id, chosen by the caller ('serve': to find its record after a restart); a lowercase "
+                   "UUID not used before.")
 @click.pass_context
 def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: tuple[str, ...], check: bool, yes: bool,
             approve: tuple[str, ...], output: str, strict: bool, wait_lock: float, skip_preflight: bool,
             accelerate: bool | None, audit_url: str | None, junit: str | None, metrics_file: str | None, notify_url: str | None,
             limit: str | None, tags: tuple[str, ...], skip_tags: tuple[str, ...], diff: bool, hosts: str | None,
-            verbose: bool, extra_vars: tuple[str, ...]) -> None:
+            verbose: bool, extra_vars: tuple[str, ...], run_id: str | None) -> None:
     """Run a runbook: steps in order, undo on failure, one audit record."""
     from technician_ops.api import RunRequest, run_command
     from technician_ops.outputs.console import JsonView, TextView
@@ -180,11 +183,19 @@ def run_cmd(ctx: click.Context, name: str, params: tuple[str, ...], inventory: t
     request = RunRequest(name, parse_assignments(params), check=check, yes=yes, approve=approve, strict=strict,
                          prompt=prompt if interactive else None, wait_lock=wait_lock, skip_preflight=skip_preflight,
                          accelerate=accelerate, extra_vars=extra_vars, limit=limit, tags=tags, skip_tags=skip_tags,
-                         diff=diff, hosts=hosts)
+                         diff=diff, hosts=hosts, run_id=run_id)
     with _Cancel() as stop:
         result = run_command(request, project, [view if view is not None else JsonView()], cancelled=stop,
                              junit=junit, metrics_file=metrics_file, notify_url=notify_url, warn=_warn)
     raise SystemExit(int(result.exit_code))
+
+
+def _run_id(value: str | None) -> str | None:
+    import re
+
+    if value is not None and not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", value):
+        raise click.BadParameter(f"{value[:60]!r} is not a run id (a lowercase UUID)")
+    return value
 
 
 def _warn(text: str) -> None:
@@ -220,6 +231,126 @@ class _Cancel:
 
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+@cli.command("approve")
+@click.argument("run_id")
+@click.option("--output", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.pass_context
+def approve_cmd(ctx: click.Context, run_id: str, output: str, audit_url: str | None) -> None:
+    """Release a run an alert started that waits for approval (awaiting_approval): it runs now, as a new
+    run, its approve steps approved by you."""
+    from technician_ops.api import approve_run, show
+    from technician_ops.outputs.console import JsonView, TextView
+
+    project = _project(ctx, audit_url=audit_url)
+    record = show(run_id, project).record or {}
+    saved = record.get("request") if isinstance(record.get("request"), dict) else {}
+    if output == "text" and saved:
+        from technician_ops.outputs.render import printable
+
+        args = " ".join(f"-p {k}={v}" for k, v in sorted((saved.get("params") or {}).items()))
+        limit = f" --limit {saved['limit']}" if saved.get("limit") else ""
+        click.echo(printable(f"releasing run {record.get('run_id')}: {saved.get('runbook')} {args}{limit}".rstrip()),
+                   err=True)
+    with _Cancel() as stop:
+        result = approve_run(project, run_id, user=_user(), sinks=[TextView() if output == "text" else JsonView()],
+                             cancelled=stop)
+    raise SystemExit(int(result.exit_code))
+
+
+def _user() -> str:
+    """Who is approving: the login this process runs as (from the password database, not $USER)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+@cli.command("serve")
+@click.option("--bind", default="127.0.0.1:9095", show_default=True, metavar="HOST:PORT",
+              help="Where to listen. Anything but loopback needs --token-file or --hmac-secret-file.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Runs at once.")
+@click.option("--queue-size", type=click.IntRange(1, 100000), default=64, show_default=True,
+              help="Accepted runs waiting for a worker; beyond it a notification is answered 429.")
+@click.option("--rate", default="1/5m", show_default=True, metavar="N/PERIOD",
+              help="At most N starts of one runbook per PERIOD; an alert beyond it is refused (recorded).")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="Bearer token Alertmanager sends (http_config.authorization.credentials_file). "
+                   "Or TECHNICIAN_OPS_SERVE_TOKEN. Never on the command line.")
+@click.option("--hmac-secret-file", type=click.Path(dir_okay=False),
+              help="Require X-Technician-Ops-Signature: sha256=HMAC-SHA256(body). Or TECHNICIAN_OPS_SERVE_HMAC_SECRET.")
+@click.option("--notify", "notify_url", envvar="TECHNICIAN_OPS_NOTIFY_URL", metavar="URL",
+              help="Slack-compatible webhook each run POSTs on failure/rollback (prefer the env var).")
+@click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
+@click.option("--drain-timeout", type=click.FloatRange(0, 86400), default=60.0, show_default=True, metavar="SECONDS",
+              help="On SIGTERM, how long running runs may finish before they are stopped (and roll back).")
+@click.option("--max-body", type=click.IntRange(1024, 64 * 1024 * 1024), default=1024 * 1024, show_default=True,
+              metavar="BYTES", help="Largest webhook body; a larger one is answered 413.")
+@click.option("--export", "export", type=click.Choice(["systemd"]),
+              help="Print a systemd service unit that runs this server with these options, and exit.")
+@click.option("--user", help="--export systemd: User= of the unit.")
+@click.option("--bin", "binary", type=click.Path(), help="--export: technician-ops executable (default: the one on PATH).")
+@click.option("-o", "--output-dir", "out", type=click.Path(file_okay=False), help="--export: write the unit here.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every decision, repeated notifications too.")
+@click.pass_context
+def serve_cmd(ctx: click.Context, bind: str, workers: int, queue_size: int, rate: str, token_file: str | None,
+              hmac_secret_file: str | None, notify_url: str | None, audit_url: str | None, drain_timeout: float,
+              max_body: int, export: str | None, user: str | None, binary: str | None, out: str | None,
+              verbose: bool) -> None:
+    """Take Alertmanager webhooks (POST /hooks/alertmanager) and run the runbook whose triggers match
+    each firing alert (docs/serve.md)."""
+    import logging
+
+    from technician_ops.serve.config import ServeConfig, parse_bind, parse_rate, read_secret
+    from technician_ops.serve.server import run_server
+
+    host, port = parse_bind(bind)
+    count, period = parse_rate(rate)
+    if export:
+        _export_serve_unit(ctx, bind=bind, workers=workers, queue_size=queue_size, rate=rate, token_file=token_file,
+                           hmac_secret_file=hmac_secret_file, drain_timeout=drain_timeout, max_body=max_body,
+                           user=user, binary=binary, out=out)
+        return
+    if user or binary or out:
+        raise click.UsageError("--user, --bin and -o go with --export systemd")
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("aiohttp.access", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    project = _project(ctx, audit_url=audit_url)
+    config = ServeConfig(project, host, port, workers=workers, queue_size=queue_size, rate=(count, period),
+                         token=read_secret(token_file, "TECHNICIAN_OPS_SERVE_TOKEN", "token"),
+                         hmac_secret=read_secret(hmac_secret_file, "TECHNICIAN_OPS_SERVE_HMAC_SECRET", "HMAC secret"),
+                         notify_url=notify_url, audit_url=audit_url, drain_timeout=drain_timeout, max_body=max_body)
+    run_server(config)
+
+
+def _export_serve_unit(ctx: click.Context, *, bind: str, workers: int, queue_size: int, rate: str,
+                       token_file: str | None, hmac_secret_file: str | None, drain_timeout: float, max_body: int,
+                       user: str | None, binary: str | None, out: str | None) -> None:
+    import shutil
+    from pathlib import Path
+
+    from technician_ops.outputs.schedule import serve_unit
+
+    args = ["--bind", bind, "--workers", str(workers), "--queue-size", str(queue_size), "--rate", rate,
+            "--drain-timeout", f"{drain_timeout:g}", "--max-body", str(max_body)]
+    for flag, path in (("--token-file", token_file), ("--hmac-secret-file", hmac_secret_file)):
+        if path:
+            args += [flag, str(Path(path).absolute())]
+    exe = binary or shutil.which("technician-ops") or str(Path(sys.executable).parent / "technician-ops")
+    text = serve_unit(technician_ops_bin=str(Path(exe).resolve()), project_root=_project(ctx).root, args=args,
+                      user=user, stop_timeout=drain_timeout + 60)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "technician-ops-serve.service").write_text(text)
+        click.echo(f"wrote {Path(out) / 'technician-ops-serve.service'}")
+    else:
+        click.echo(text, nl=False)
 
 
 @cli.command("history")

@@ -16,3 +16,5 @@ class Outcome(str, enum.Enum):
     INTERRUPTED = "interrupted"
     SKIPPED = "skipped"  # lock held: nothing ran
     REFUSED = "refused"  # invalid input or approval missing: nothing ran
+    AWAITING_APPROVAL = "awaiting_approval"  # started unattended (an alert) with an approve step: held, nothing ran;
+    # its request is saved in the record and ``approve RUN_ID`` releases it as a new run

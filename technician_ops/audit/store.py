@@ -79,6 +79,13 @@ SCHEMA: tuple[str, ...] = (
         ts DOUBLE PRECISION NOT NULL,
         data TEXT NOT NULL,
         PRIMARY KEY (run_id, n))""",
+    # ``approve RUN_ID``: which run released a held (awaiting_approval) run, so it is released once.  A claim,
+    # not history: the released run's own record (``releases``) is what the chain keeps.
+    """CREATE TABLE IF NOT EXISTS releases (
+        held_run_id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        released_by TEXT NOT NULL,
+        released_at TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS chain_head (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         seq BIGINT NOT NULL,
@@ -91,6 +98,8 @@ _CHAIN_COLS = "seq, run_id, prev_hash, hash, record, runbook, outcome, started_a
 # The body fields verify compares with the row (order matters: see _chain_row).
 _BODY_FIELDS = ("seq", "run_id", "runbook", "outcome", "started_at", "ended_at", "check")
 _RUN_ID_CHARS = frozenset("0123456789abcdef-")
+# The outcomes of a run that never started: ``record_skipped`` writes them.
+NOT_STARTED = (Outcome.SKIPPED.value, Outcome.REFUSED.value, Outcome.AWAITING_APPROVAL.value)
 
 
 def _json_default(value: Any) -> Any:
@@ -363,12 +372,42 @@ class AuditStore(abc.ABC):
         return self._finalize(run_id, _outcome(outcome), ended_at, None)
 
     def record_skipped(self, header: dict[str, Any], reason: str, outcome: str = "skipped") -> dict[str, Any]:
-        """A run that never started (lock held -> ``skipped``; invalid/refused -> ``refused``)."""
+        """A run that never started (lock held -> ``skipped``; invalid/refused -> ``refused``; an unattended
+        start of a runbook with an approve step -> ``awaiting_approval``, its request saved in the header)."""
         outcome = _outcome(outcome)
-        if outcome not in (Outcome.SKIPPED.value, Outcome.REFUSED.value):
-            raise AuditError(f"record_skipped outcome must be 'skipped' or 'refused', not {outcome!r}")
+        if outcome not in NOT_STARTED:
+            raise AuditError(f"record_skipped outcome must be one of {', '.join(NOT_STARTED)}, not {outcome!r}")
         self.start_run(header)
         return self._finalize(str(header["run_id"]).lower(), outcome, header["started_at"], reason)
+
+    def claim_release(self, held_run_id: str, run_id: str, user: str) -> dict[str, Any] | None:
+        """Claim the release of a held run for ``run_id``: None when this call claimed it, else the claim
+        that holds it ({run_id, released_by, released_at}).  Atomic across processes and controllers."""
+        held = str(held_run_id).lower()
+        with self._lock:
+            try:
+                with self._write_tx():
+                    claimed = self._execute(
+                        "INSERT INTO releases (held_run_id, run_id, released_by, released_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (held_run_id) DO NOTHING", (held, str(run_id).lower(), str(user), iso_utc()))
+                    if claimed == 1:
+                        return None
+                    rows = self._fetchall("SELECT run_id, released_by, released_at FROM releases "
+                                          "WHERE held_run_id = ?", (held,))
+            except Exception as exc:
+                raise self._wrap(exc, f"claim the release of run {held}") from exc
+        if not rows:  # dropped between the two statements: say so rather than guess
+            raise AuditError(f"the release of run {held} changed while it was claimed: try again")
+        return {"run_id": rows[0][0], "released_by": rows[0][1], "released_at": rows[0][2]}
+
+    def drop_release(self, held_run_id: str, run_id: str) -> None:
+        """Give up ``run_id``'s claim (its run was refused or skipped before anything ran)."""
+        with self._lock:
+            try:
+                self._execute("DELETE FROM releases WHERE held_run_id = ? AND run_id = ?",
+                              (str(held_run_id).lower(), str(run_id).lower()))
+            except Exception as exc:
+                raise self._wrap(exc, f"drop the release claim of run {held_run_id}") from exc
 
     def _finalize(self, run_id: str, outcome: str | None, ended_at: str | None, reason: str | None,
                   reaped: bool = False) -> dict[str, Any]:

@@ -11,10 +11,13 @@ from technician_ops.plan.compiler import Plan
 
 
 class Approvals:
-    """``approve`` steps: answered by ``--approve STEP``, ``--yes`` or the operator at a terminal."""
+    """``approve`` steps: answered by ``--approve STEP``, ``--yes``, the operator at a terminal, or
+    ``approver``: the user who released a held run (``approve RUN_ID``), recorded by name."""
 
-    def __init__(self, plan: Plan, approve: tuple[str, ...], yes: bool, prompt: Prompt | None, bus: Bus) -> None:
+    def __init__(self, plan: Plan, approve: tuple[str, ...], yes: bool, prompt: Prompt | None, bus: Bus,
+                 approver: str | None = None) -> None:
         self.plan, self.approve, self.yes, self.prompt, self.bus = plan, approve, yes, prompt, bus
+        self.approver = approver
         self.given: dict[str, str] = {}
 
     def precheck(self) -> None:
@@ -32,6 +35,8 @@ class Approvals:
             )
 
     def _pre(self, step: str) -> str | None:
+        if self.approver is not None:
+            return "release"  # a held run released by ``approve RUN_ID``: the approver is named as user
         if step in self.approve:
             return "--approve"
         if self.yes:
@@ -47,7 +52,7 @@ class Approvals:
             ps = next((p for p in self.plan.steps if p.name == step), None)
             approved = bool(self.prompt(step, ps.step.spec if ps else ""))
             by = "terminal"
-        self.bus.emit(Kind.APPROVAL, step=step, approved=approved, by=by or "none", user=user())
+        self.bus.emit(Kind.APPROVAL, step=step, approved=approved, by=by or "none", user=self.approver or user())
         if approved:
             self.given[step] = by or ""
         return {"ok": True, "approved": approved, "by": by}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import getpass
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,7 +13,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-ORIGIN_ENV = "TECHNICIAN_OPS_ORIGIN"  # set to "cron" by `schedule export` entries
+ORIGIN_ENV = "TECHNICIAN_OPS_ORIGIN"  # set to "cron" by `schedule export` entries, "alertmanager" by `serve`
+# With TECHNICIAN_OPS_ORIGIN=alertmanager only: the alert that started the run, as a JSON object (``alert_detail``).
+ORIGIN_DETAIL_ENV = "TECHNICIAN_OPS_ORIGIN_DETAIL"
+ALERTMANAGER = "alertmanager"
+MAX_DETAIL_BYTES = 16 * 1024
+MAX_DETAIL_LABELS = 64
+MAX_LABEL_VALUE = 1024
+_DETAIL_TEXT = {"receiver": 256, "starts_at": 64, "alert_id": 64, "runbook": 100}
+_FINGERPRINT = re.compile(r"[0-9a-f]{1,64}")
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def operator() -> dict[str, Any]:
@@ -44,8 +55,60 @@ def _ci(env: Mapping[str, str]) -> dict[str, Any] | None:
     return None
 
 
+def alert_detail(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The alert a run was started for, from ``TECHNICIAN_OPS_ORIGIN_DETAIL``: (detail, None), or
+    (None, why it was not taken).
+
+    The value is data from an alert, so it is taken only in its one shape: a JSON object of at most
+    16 KiB with ``receiver``, ``fingerprint`` (hex), ``starts_at``, ``alert_id``, ``runbook`` (strings)
+    and ``labels`` (at most 64 label names to strings).  Anything else is left out of the record, and
+    the record says so.
+    """
+    if not text:
+        return None, "no alert detail was given"
+    if len(text.encode("utf-8", errors="replace")) > MAX_DETAIL_BYTES:
+        return None, f"the alert detail is larger than {MAX_DETAIL_BYTES} bytes"
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None, "the alert detail is not JSON"
+    if not isinstance(data, dict):
+        return None, "the alert detail is not a JSON object"
+    unknown = sorted(set(data) - {*_DETAIL_TEXT, "fingerprint", "labels"})
+    if unknown:
+        return None, f"the alert detail has unknown keys ({', '.join(unknown)[:200]})"
+    out: dict[str, Any] = {}
+    for key, limit in _DETAIL_TEXT.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > limit:
+            return None, f"the alert detail's {key} is not a string of at most {limit} characters"
+        out[key] = value
+    fingerprint = data.get("fingerprint")
+    if fingerprint is not None:
+        if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+            return None, "the alert detail's fingerprint is not hexadecimal"
+        out["fingerprint"] = fingerprint
+    labels = data.get("labels", {})
+    if not isinstance(labels, dict) or len(labels) > MAX_DETAIL_LABELS:
+        return None, f"the alert detail's labels are not a mapping of at most {MAX_DETAIL_LABELS} labels"
+    for name, value in labels.items():
+        if not _LABEL_NAME.fullmatch(name) or not isinstance(value, str) or len(value) > MAX_LABEL_VALUE:
+            return None, "the alert detail's labels are not label names to strings"
+    out["labels"] = dict(sorted(labels.items()))
+    return out, None
+
+
 def origin(env: Mapping[str, str] | None = None, *, interactive: bool | None = None) -> dict[str, Any]:
     env = os.environ if env is None else env
+    if env.get(ORIGIN_ENV) == ALERTMANAGER:  # explicit, and more precise than a CI system around the server
+        detail, problem = alert_detail(env.get(ORIGIN_DETAIL_ENV))
+        found: dict[str, Any] = {"type": ALERTMANAGER, "system": ALERTMANAGER, "run_id": None, "url": None,
+                                 "alert": detail}
+        if problem:
+            found["alert_problem"] = problem
+        return found
     ci = _ci(env)
     if ci:
         return ci

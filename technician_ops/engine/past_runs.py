@@ -52,7 +52,7 @@ from technician_ops.steps.base import PastRun
 
 ROLLBACK = "rollback"
 RECOVER = "recover"
-_NO_NET_CHANGE = {"failed", "refused", "skipped", "rolled_back"}
+_NO_NET_CHANGE = {"failed", "refused", "skipped", "rolled_back", "awaiting_approval"}
 
 
 def undo_past_run(request: UndoRequest, project: Project, bus: Bus, audit: Any,

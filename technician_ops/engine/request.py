@@ -20,6 +20,7 @@ EXIT_FOR_OUTCOME = {
     Outcome.ROLLBACK_FAILED: ExitCode.ROLLBACK_FAILED,
     Outcome.INTERRUPTED: ExitCode.INTERRUPTED,
     Outcome.SKIPPED: ExitCode.TEMPFAIL,
+    Outcome.AWAITING_APPROVAL: ExitCode.APPROVAL_MISSING,
 }
 
 
@@ -46,6 +47,9 @@ class RunRequest:
     skip_tags: tuple[str, ...] = ()
     diff: bool = False
     hosts: str | None = None  # host pattern for a Markdown file that names none (a Runme README)
+    # ``approve RUN_ID``: every approve step is approved by this user, and the record names the held run
+    approver: str | None = None
+    releases: str | None = None
 
 
 @dataclass

@@ -30,22 +30,21 @@ from technician_ops.state import StepStatus
 def run(request: RunRequest, project: Project, bus: Bus, audit: Any, cancelled: Cancelled | None = None) -> RunResult:
     started = time.monotonic()
     runbook = load(request.runbook, project, strict=request.strict, hosts=request.hosts)
-    if request.run_id is None:
-        from technician_ops.audit import new_run_id
-
-        request = dataclasses.replace(request, run_id=new_run_id())
+    request = with_run_id(request)
     assert request.run_id is not None
     head = header(runbook, request.run_id, environ=request.environ, interactive=request.prompt is not None,
                   check=request.check)
     if request.hosts is not None:
         head["hosts_given"] = request.hosts  # what ``rollback RUN_ID`` must load the file with again
+    if request.releases is not None:
+        head["releases"] = request.releases  # the held run (awaiting_approval) this run was released from
     session = Session(project, bus, audit, cancelled)
     with session.refusing(head):  # bad parameters, approval missing, Vault refuses: nothing ran
         options, params = ansible_options(request, runbook, project)
         plan = bind_plan(runbook, project, params, check=request.check, environ=request.environ,
                          run_id=request.run_id, options=options)
         head["params"] = redacted_params(plan)
-        approvals = Approvals(plan, request.approve, request.yes, request.prompt, bus)
+        approvals = Approvals(plan, request.approve, request.yes, request.prompt, bus, request.approver)
         approvals.precheck()
         plan = resolve_secrets(plan, request.environ)
         head["params"] = redacted_params(plan)  # again: a value may hold a secret resolved just now
@@ -59,6 +58,113 @@ def run(request: RunRequest, project: Project, bus: Bus, audit: Any, cancelled: 
                 notices=[str(w) for w in runbook.warnings], check_inventory=partial(check_targets, plan),
                 after_run=True)
     return session.run(work)
+
+
+def with_run_id(request: RunRequest) -> RunRequest:
+    """``request`` with its run id: the one given (``serve`` picks it before it starts the run, to find the
+    record again after a restart), else a new one."""
+    if request.run_id is None:
+        from technician_ops.audit import new_run_id
+
+        return dataclasses.replace(request, run_id=new_run_id())
+    return request
+
+
+def hold(request: RunRequest, project: Project, bus: Bus, audit: Any, reason: str) -> RunResult:
+    """Record ``request`` as ``awaiting_approval`` instead of running it: nothing runs, and the record
+    keeps the request (runbook, parameters, limit) for ``release`` to run once a human approves.
+
+    Its parameters and hosts are bound and checked now, as a run would, so a request that could never run
+    is ``refused`` at once.  They are saved as given: a secret parameter cannot be held.
+    """
+    started = time.monotonic()
+    runbook = load(request.runbook, project)
+    request = with_run_id(request)
+    assert request.run_id is not None
+    head = header(runbook, request.run_id, environ=request.environ, interactive=False, check=False)
+    with Session(project, bus, audit).refusing(head):
+        from technician_ops.engine.session import load_inventory
+        from technician_ops.errors import ParameterError
+
+        held = sorted(set(request.params) & runbook.secret_names())
+        if held:
+            raise ParameterError(f"parameter {held[0]!r} is a secret: a held run's parameters are saved in its "
+                                 "record, so a run with a secret parameter cannot wait for approval")
+        options, params = ansible_options(request, runbook, project)
+        plan = bind_plan(runbook, project, params, environ=request.environ, run_id=request.run_id, options=options)
+        head["params"] = redacted_params(plan)
+        check_targets(plan, load_inventory(project))
+    head["request"] = {"runbook": runbook.name, "params": dict(request.params), "limit": request.limit}
+    audit.record_skipped(head, reason, outcome=Outcome.AWAITING_APPROVAL.value)
+    return RunResult(request.run_id, Outcome.AWAITING_APPROVAL, ExitCode.APPROVAL_MISSING, None, {}, {}, None,
+                     time.monotonic() - started)
+
+
+def refuse(request: RunRequest, project: Project, audit: Any, reason: str) -> str:
+    """Record that ``request`` was refused before anything ran (``serve``: ambiguous alert, rate limit, a
+    label the trigger reads is missing); its run id.  The parameters recorded are the declared, non-secret
+    ones it was given, as given."""
+    runbook = load(request.runbook, project)
+    request = with_run_id(request)
+    assert request.run_id is not None
+    head = header(runbook, request.run_id, environ=request.environ, interactive=False, check=False)
+    secret = runbook.secret_names()
+    head["params"] = {k: v for k, v in request.params.items() if k in runbook.params and k not in secret}
+    if request.limit is not None:
+        head["ansible"] = {"limit": request.limit}
+    audit.record_skipped(head, reason, outcome=Outcome.REFUSED.value)
+    return request.run_id
+
+
+def release(project: Project, run_id: str, user: str, bus: Bus, audit: Any,
+            cancelled: Cancelled | None = None) -> RunResult:
+    """Run a held (``awaiting_approval``) run's saved request as a new run, its approve steps approved by
+    ``user``; its header names the held run (``releases``).  A held run is released once: a second
+    release is refused, unless the first one was refused or skipped before anything ran.
+    """
+    import json
+    import os
+
+    from technician_ops.audit import new_run_id
+    from technician_ops.engine.origin import ALERTMANAGER, ORIGIN_DETAIL_ENV, ORIGIN_ENV
+    from technician_ops.errors import PastRunError, TechnicianOpsError, UsageError
+
+    if not isinstance(user, str) or not user.strip() or len(user) > 128 or not user.isprintable():
+        raise UsageError("the approving user must be a printable name of at most 128 characters")
+    held = audit.get(run_id)
+    held_id = str(held["run_id"])
+    if held.get("outcome") != Outcome.AWAITING_APPROVAL.value:
+        raise PastRunError(f"run {held_id} is not awaiting approval (it is {held.get('outcome')})",
+                           hint="'technician-ops history --outcome awaiting_approval' lists the held runs")
+    saved = held.get("request")
+    if not isinstance(saved, dict) or not isinstance(saved.get("runbook"), str) \
+            or not isinstance(saved.get("params"), dict):
+        raise PastRunError(f"run {held_id} has no saved request to release")
+    runbook = load(saved["runbook"], project)
+    if runbook.sha256 != held.get("runbook_sha256"):
+        raise PastRunError(f"runbook {runbook.name} changed since run {held_id} was held: what was asked for is "
+                           "not what would run", hint=f"run it by hand: technician-ops run {runbook.name} ...")
+    new_id = new_run_id()
+    taken = audit.claim_release(held_id, new_id, user)
+    if taken is not None:
+        raise PastRunError(f"run {held_id} was already approved by {taken['released_by']} at {taken['released_at']}: "
+                           f"run {taken['run_id']}", hint=f"see 'technician-ops show {taken['run_id']}'")
+    environ = dict(os.environ)
+    for name in (ORIGIN_ENV, ORIGIN_DETAIL_ENV):
+        environ.pop(name, None)
+    origin = held.get("origin") or {}
+    if origin.get("type") == ALERTMANAGER and isinstance(origin.get("alert"), dict):
+        environ[ORIGIN_ENV] = ALERTMANAGER  # the alert is why it runs; the approval says who let it
+        environ[ORIGIN_DETAIL_ENV] = json.dumps(origin["alert"])
+    limit = saved.get("limit")
+    request = RunRequest(runbook.name, {str(k): str(v) for k, v in saved["params"].items()},
+                         limit=limit if isinstance(limit, str) else None, run_id=new_id, environ=environ,
+                         approver=user, releases=held_id)
+    try:
+        return run(request, project, bus, audit, cancelled)
+    except TechnicianOpsError:
+        audit.drop_release(held_id, new_id)  # refused or skipped before anything ran: it may be approved again
+        raise
 
 
 def ansible_options(request: RunRequest, runbook: Any, project: Project) -> tuple[AnsibleOptions, dict[str, str]]:

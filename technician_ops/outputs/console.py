@@ -14,7 +14,7 @@ _HOST_MARK = {"ok": ("✔", "green"), "changed": ("✔", "yellow"), "failed": ("
               "unreachable": ("✖", "red"), "skipped": ("·", "dim")}
 _OUTCOME_STYLE = {"succeeded": "bold green", "failed": "bold red", "rolled_back": "bold yellow",
                   "rollback_failed": "bold white on red", "interrupted": "bold red", "skipped": "yellow",
-                  "refused": "bold red"}
+                  "refused": "bold red", "awaiting_approval": "yellow"}
 
 
 class JsonView:

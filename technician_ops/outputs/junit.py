@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 # XML 1.0 cannot carry most control characters, even escaped; ansible output can.
 _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_CLEAN_OUTCOMES = {Outcome.SUCCEEDED.value, Outcome.SKIPPED.value, Outcome.REFUSED.value}
+_CLEAN_OUTCOMES = {Outcome.SUCCEEDED.value, Outcome.SKIPPED.value, Outcome.REFUSED.value,
+                   Outcome.AWAITING_APPROVAL.value}
 
 
 @dataclass

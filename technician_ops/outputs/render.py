@@ -51,6 +51,13 @@ def runbook_text(runbook: Runbook, hosts: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _origin_detail(origin: dict[str, Any]) -> str:
+    """`` (github-actions 42 URL)``: the origin's system, run and address, those it has."""
+    system = origin.get("system") if origin.get("system") != origin.get("type") else None
+    parts = [str(v) for v in (system, origin.get("run_id"), origin.get("url")) if v]
+    return f" ({' '.join(parts)})" if parts and origin.get("system") else ""
+
+
 def record_text(record: dict[str, Any]) -> str:
     op = record.get("operator") or {}
     origin = record.get("origin") or {}
@@ -58,13 +65,26 @@ def record_text(record: dict[str, Any]) -> str:
         f"run {record.get('run_id')}  {record.get('runbook')}  {str(record.get('outcome', '')).upper()}"
         + ("  (check mode)" if record.get("check") else ""),
         f"  started {record.get('started_at')}  ended {record.get('ended_at')}",
-        f"  by {op.get('user')}@{op.get('host')} via {origin.get('type')}"
-        + (f" ({origin.get('system')} {origin.get('run_id') or ''} {origin.get('url') or ''})".rstrip() if origin.get("system") else ""),
+        f"  by {op.get('user')}@{op.get('host')} via {origin.get('type')}" + _origin_detail(origin),
         f"  runbook {record.get('path')} sha256 {str(record.get('runbook_sha256', ''))[:16]}"
         + (f" git {record['git'].get('commit', '')[:12]}{' (dirty)' if record['git'].get('dirty') else ''}" if record.get("git") else ""),
     ]
+    alert = origin.get("alert")
+    if isinstance(alert, dict):
+        labels = ", ".join(f"{k}={v}" for k, v in (alert.get("labels") or {}).items())
+        lines.append(f"  alert {alert.get('fingerprint')} from receiver {alert.get('receiver')} (started "
+                     f"{alert.get('starts_at')}): {labels}")
+    elif origin.get("alert_problem"):
+        lines.append(f"  alert: not recorded: {origin['alert_problem']}")
     if record.get("reason"):
         lines.append(f"  reason: {record['reason']}")
+    request = record.get("request")
+    if isinstance(request, dict) and record.get("outcome") == "awaiting_approval":
+        args = " ".join(f"-p {k}={v}" for k, v in sorted((request.get("params") or {}).items()))
+        limit = f" --limit {request['limit']}" if request.get("limit") else ""
+        lines.append(f"  held request: {request.get('runbook')} {args}{limit}".rstrip())
+    if record.get("releases"):
+        lines.append(f"  releases held run {record['releases']}")
     if record.get("params"):
         lines.append("  params: " + ", ".join(f"{k}={v}" for k, v in record["params"].items()))
     for a in record.get("approvals") or []:

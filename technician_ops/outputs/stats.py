@@ -3,8 +3,8 @@
 What each figure means (docs/postmortem.md says the same for people):
 
 - ``runs``: every record in the window, by outcome, ``running`` ones included.  ``skipped`` (lock
-  held) and ``refused`` (invalid input, approval missing) runs ran nothing; they are counted and
-  left out of everything below.
+  held), ``refused`` (invalid input, approval missing) and ``awaiting_approval`` (an alert's run held
+  for a human) runs ran nothing; they are counted and left out of everything below.
 - ``ran``: runs that executed steps: succeeded, failed, rolled_back, rollback_failed, interrupted.
   The rates are each of these outcomes over ``ran``, so they add up to 1.
 - durations: p50 and p95 of ``ended_at - started_at`` of the runs that ran, by the nearest-rank
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 RAN = (Outcome.SUCCEEDED.value, Outcome.ROLLED_BACK.value, Outcome.FAILED.value, Outcome.ROLLBACK_FAILED.value,
        Outcome.INTERRUPTED.value)
-NOT_RAN = (Outcome.SKIPPED.value, Outcome.REFUSED.value)
+NOT_RAN = (Outcome.SKIPPED.value, Outcome.REFUSED.value, Outcome.AWAITING_APPROVAL.value)
 ALL = (*RAN, *NOT_RAN, Outcome.RUNNING.value)
 PERCENTILES = (50, 95)
 

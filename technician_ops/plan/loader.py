@@ -29,7 +29,7 @@ from technician_ops.errors import ParameterError
 
 FRONT_MATTER_KEYS = {
     "name", "summary", "description", "hosts", "params", "secrets", "lock", "schedule",
-    "timeout", "tags", "owner", "vars", "keep_backups",
+    "timeout", "tags", "owner", "vars", "keep_backups", "triggers",
 }
 PARAM_KEYS = {"type", "required", "default", "help", "choices"}
 COMMON_ATTRS = {
@@ -208,6 +208,11 @@ def _load(path: Path, project_root: Path | None, *, strict: bool,
     if "name" not in meta and not _SLUG.match(path.stem):
         out.error(1, f"the runbook's name comes from its file name {path.stem!r}, which is not a slug "
                   "(letters, digits, '.', '_', '-'): rename the file or give it a front matter 'name:'")
+    triggers: tuple[Any, ...] = ()
+    if meta.get("triggers") is not None:
+        from technician_ops.runbook.triggers import check as check_triggers
+
+        triggers = check_triggers(meta["triggers"], key_lines, params, out.error)
     steps, undos = _steps(body_text, meta, params, project_root, out, strict=strict)
     if out.errors:
         return None, out.items
@@ -227,6 +232,7 @@ def _load(path: Path, project_root: Path | None, *, strict: bool,
         undos=undos,
         meta=meta,
         warnings=tuple(d for d in out.items if d.severity == "warning"),
+        triggers=triggers,
     )
     return runbook, out.items
 
@@ -281,14 +287,21 @@ def _front_matter(text: str, out: _Collector, *, strict: bool = False) -> tuple[
 
 
 def _node_key_lines(node: Any, base: int, prefix: str = "") -> dict[str, int]:
-    """Map ``key`` and ``key.sub`` to 1-based file lines."""
+    """Map ``key`` and ``key.sub`` to 1-based file lines; under ``triggers``, list items by index
+    (``triggers.0.alertmanager.params.NAME``)."""
     found: dict[str, int] = {}
+    deep = prefix.startswith("triggers.")
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
             found[key] = base + key_node.start_mark.line
-            if isinstance(value_node, yaml.MappingNode) and prefix.count(".") < 2:
+            if isinstance(value_node, (yaml.MappingNode, yaml.SequenceNode)) and (
+                    prefix.count(".") < 2 or (deep and prefix.count(".") < 5)):
                 found.update(_node_key_lines(value_node, base, key + "."))
+    elif isinstance(node, yaml.SequenceNode) and prefix == "triggers.":
+        for i, item in enumerate(node.value):
+            found[f"{prefix}{i}"] = base + item.start_mark.line
+            found.update(_node_key_lines(item, base, f"{prefix}{i}."))
     return found
 
 

@@ -47,6 +47,18 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Trigger:
+    """One entry of ``triggers:``: which alerts may start the runbook (``runbook/triggers.py``)."""
+
+    source: str  # "alertmanager"
+    match: dict[str, str]  # label -> the exact value it must have
+    params: dict[str, str]  # parameter -> template over labels.NAME
+    hosts: str | None  # template naming the one host the run is limited to; None: the runbook's hosts
+    line: int
+    labels: tuple[str, ...] = ()  # the label names the templates read: the only ones that become values
+
+
+@dataclass(frozen=True)
 class Runbook:
     name: str
     path: Path
@@ -62,6 +74,7 @@ class Runbook:
     undos: dict[str, Step]  # step name -> its explicit {rollback=NAME} block
     meta: dict[str, Any] = field(default_factory=dict)  # front matter as written
     warnings: tuple[Any, ...] = ()  # Diagnostics of severity "warning"
+    triggers: tuple[Trigger, ...] = ()  # the alerts that may start it (``serve``)
 
     @property
     def sha256(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from technician_ops.audit import AuditStore
@@ -126,7 +128,8 @@ def test_check_run_is_marked(store: AuditStore) -> None:
 
 
 @pytest.mark.parametrize("outcome, reason", [("skipped", "lock pg-cluster held by run 0191..."),
-                                             ("refused", "runbooks/x.md:3: unknown parameter 'prmary'")])
+                                             ("refused", "runbooks/x.md:3: unknown parameter 'prmary'"),
+                                             ("awaiting_approval", "step(s) confirm need approval: held")])
 def test_never_started_runs_are_recorded(store: AuditStore, outcome: str, reason: str) -> None:
     header = make_header()
     rec = store.record_skipped(header, reason, outcome)
@@ -141,6 +144,20 @@ def test_record_skipped_defaults_to_skipped(store: AuditStore) -> None:
     assert store.record_skipped(make_header(), "lock held")["outcome"] == "skipped"
     with pytest.raises(AuditError):
         store.record_skipped(make_header(), "no", "succeeded")
+
+
+def test_a_held_run_is_released_once(store: AuditStore, backend: Any) -> None:
+    held = store.record_skipped({**make_header(), "request": {"runbook": "rb", "params": {}, "limit": None}},
+                                "held", "awaiting_approval")["run_id"]
+    assert store.claim_release(held, "0191aaaa-0000-7000-8000-000000000001", "alice") is None
+    taken = backend.open().claim_release(held.upper(), "0191aaaa-0000-7000-8000-000000000002", "bob")  # another process
+    assert taken is not None and (taken["run_id"], taken["released_by"]) == ("0191aaaa-0000-7000-8000-000000000001",
+                                                                            "alice")
+    store.drop_release(held, "0191aaaa-0000-7000-8000-000000000002")  # not its claim: nothing dropped
+    assert store.claim_release(held, "0191aaaa-0000-7000-8000-000000000003", "carol") is not None
+    store.drop_release(held, "0191aaaa-0000-7000-8000-000000000001")
+    assert store.claim_release(held, "0191aaaa-0000-7000-8000-000000000003", "carol") is None
+    assert store.verify().ok  # a claim is beside the chain, never in it
 
 
 def test_interrupted_by_signal_keeps_what_ran(store: AuditStore) -> None:

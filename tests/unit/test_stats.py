@@ -72,6 +72,7 @@ def test_counts_rates_durations_and_recovery_of_one_runbook() -> None:
         row("rolled_back", 200, 260),       # same streak
         row("succeeded", 300, 430),         # recovered at 430: 430 - 130 = 300 s
         row("skipped", 500, 500),
+        row("awaiting_approval", 550, 550),  # an alert's run held for a human: ran nothing either
         row("rollback_failed", 600, 640),   # second streak from 640
         row("succeeded", 700, 740),         # recovered: 100 s
         row("interrupted", 1000, 5000, reaped=True),  # end is the reaper's; failure counted from its start
@@ -79,8 +80,8 @@ def test_counts_rates_durations_and_recovery_of_one_runbook() -> None:
     ]
     [fig] = compute(reversed(rows))  # any order in
     assert fig.outcomes == {"succeeded": 3, "rolled_back": 1, "failed": 1, "rollback_failed": 1, "interrupted": 1,
-                            "skipped": 1, "refused": 1, "running": 1}
-    assert (fig.runs, fig.ran) == (10, 7)
+                            "skipped": 1, "refused": 1, "awaiting_approval": 1, "running": 1}
+    assert (fig.runs, fig.ran) == (11, 7)
     assert fig.rates == {"succeeded": 3 / 7, "rolled_back": 1 / 7, "failed": 1 / 7, "rollback_failed": 1 / 7,
                          "interrupted": 1 / 7}
     assert sorted(fig.durations) == [10.0, 30.0, 40.0, 40.0, 60.0, 130.0]  # the reaped run is left out
