@@ -255,7 +255,9 @@ def approve_cmd(ctx: click.Context, run_id: str, output: str, audit_url: str | N
         click.echo(printable(f"releasing run {record.get('run_id')}: {saved.get('runbook')} {args}{limit}".rstrip()),
                    err=True)
     with _Cancel() as stop:
-        result = approve_run(project, run_id, user=_user(), sinks=[TextView() if output == "text" else JsonView()],
+        via = os.environ.get("TECHNICIAN_OPS_APPROVED_VIA", "")[:80]  # set by serve's web view: who signed in there
+        user = _user() + (f" (via {via})" if via else "")
+        result = approve_run(project, run_id, user=user, sinks=[TextView() if output == "text" else JsonView()],
                              cancelled=stop)
     raise SystemExit(int(result.exit_code))
 
@@ -326,7 +328,9 @@ def serve_cmd(ctx: click.Context, bind: str, workers: int, queue_size: int, rate
                          token=read_secret(token_file, "TECHNICIAN_OPS_SERVE_TOKEN", "token"),
                          hmac_secret=read_secret(hmac_secret_file, "TECHNICIAN_OPS_SERVE_HMAC_SECRET", "HMAC secret"),
                          notify_url=notify_url, audit_url=audit_url, drain_timeout=drain_timeout, max_body=max_body)
-    run_server(config)
+    from technician_ops.serve.ui import installer
+
+    run_server(config, extra=[installer(project, config.token)])
 
 
 def _export_serve_unit(ctx: click.Context, *, bind: str, workers: int, queue_size: int, rate: str,

@@ -642,3 +642,44 @@ def test_approve_releases_a_held_run_once_and_only_as_it_was_held(project: DemoP
 
     bad = cli(project, "run", "needs-human", "-p", "reason=x", "--run-id", "../../etc/passwd", timeout=60)
     assert bad.returncode == 64 and "is not a run id (a lowercase UUID)" in bad.stderr
+
+
+def test_the_web_view_is_served_and_releases_a_held_run_for_a_signed_in_user(serve: Callable[..., Served],
+                                                                               project: DemoProject) -> None:
+    import base64
+    from urllib.parse import urlencode
+
+    from technician_ops import api
+
+    held = api.hold_run(api.RunRequest("needs-human", {"reason": "seen on the web"}), project.project(), "held for a test")
+    served = serve()
+    status, headers, _ = served.get("/")
+    assert status == 302 and headers["Location"] == "/ui/"
+    status, headers, page = served.get("/ui/")
+    assert status == 200 and held.run_id in page and headers["Content-Security-Policy"].startswith("default-src 'none'")
+    anonymous = served.get(f"/ui/runs/{held.run_id}")[2]
+    assert "awaiting" in anonymous and 'name="csrf"' not in anonymous  # nobody signed in: no Approve
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"mallory:not-the-token").decode()}
+    assert 'name="csrf"' not in served.request("GET", f"/ui/runs/{held.run_id}", headers=wrong)[2]
+    alice = {"Authorization": "Basic " + base64.b64encode(f"alice:{TOKEN}".encode()).decode()}
+    page = served.request("GET", f"/ui/runs/{held.run_id}", headers=alice)[2]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    form = {"Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://127.0.0.1:{served.port}"}
+    body = urlencode({"csrf": csrf.group(1)}).encode()
+    assert served.request("POST", f"/ui/runs/{held.run_id}/approve", body, {**wrong, **form})[0] == 403
+    assert served.request("POST", f"/ui/runs/{held.run_id}/approve", body,
+                          {**alice, **form, "Origin": "http://evil.example"})[0] == 403
+    status, headers, _ = served.request("POST", f"/ui/runs/{held.run_id}/approve", body, {**alice, **form})
+    assert status == 303 and headers["Location"].startswith("/ui/runs/")
+    released = wait_for("the release to finish", lambda: [r for r in records(project, "needs-human")
+                                                          if r.get("releases") == held.run_id], 60)
+    assert released[0]["outcome"] == "succeeded" and headers["Location"] == f"/ui/runs/{released[0]['run_id']}"
+    assert [a["user"] for a in released[0]["approvals"]] == [f"{api_user()} (via web:alice)"]
+    assert served.request("POST", f"/ui/runs/{held.run_id}/approve", body, {**alice, **form})[0] == 409
+
+
+def api_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
