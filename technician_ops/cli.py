@@ -297,12 +297,16 @@ def _user() -> str:
 @click.option("--user", help="--export systemd: User= of the unit.")
 @click.option("--bin", "binary", type=click.Path(), help="--export: technician-ops executable (default: the one on PATH).")
 @click.option("-o", "--output-dir", "out", type=click.Path(file_okay=False), help="--export: write the unit here.")
+@click.option("--web-users-file", type=click.Path(dir_okay=False), envvar="TECHNICIAN_OPS_SERVE_WEB_USERS",
+              help="People who may sign in to the web view (/ui/) and approve: NAME:HASH lines (--hash-password).")
+@click.option("--hash-password", is_flag=True, help="Read a password (twice, at a terminal) and print its "
+              "--web-users-file hash, then exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every decision, repeated notifications too.")
 @click.pass_context
 def serve_cmd(ctx: click.Context, bind: str, workers: int, queue_size: int, rate: str, token_file: str | None,
               hmac_secret_file: str | None, notify_url: str | None, audit_url: str | None, drain_timeout: float,
               max_body: int, export: str | None, user: str | None, binary: str | None, out: str | None,
-              verbose: bool) -> None:
+              web_users_file: str | None, hash_password: bool, verbose: bool) -> None:
     """Take Alertmanager webhooks (POST /hooks/alertmanager) and run the runbook whose triggers match
     each firing alert (docs/serve.md)."""
     import logging
@@ -310,6 +314,12 @@ def serve_cmd(ctx: click.Context, bind: str, workers: int, queue_size: int, rate
     from technician_ops.serve.config import ServeConfig, parse_bind, parse_rate, read_secret
     from technician_ops.serve.server import run_server
 
+    if hash_password:
+        from technician_ops.serve.ui import hash_password as make_hash
+
+        password = click.prompt("password", hide_input=True, confirmation_prompt=sys.stdin.isatty(), err=True)
+        click.echo(make_hash(password))
+        return
     host, port = parse_bind(bind)
     count, period = parse_rate(rate)
     if export:
@@ -328,9 +338,13 @@ def serve_cmd(ctx: click.Context, bind: str, workers: int, queue_size: int, rate
                          token=read_secret(token_file, "TECHNICIAN_OPS_SERVE_TOKEN", "token"),
                          hmac_secret=read_secret(hmac_secret_file, "TECHNICIAN_OPS_SERVE_HMAC_SECRET", "HMAC secret"),
                          notify_url=notify_url, audit_url=audit_url, drain_timeout=drain_timeout, max_body=max_body)
-    from technician_ops.serve.ui import installer
+    from pathlib import Path
 
-    run_server(config, extra=[installer(project, config.token)])
+    from technician_ops.serve.config import is_loopback
+    from technician_ops.serve.ui import installer, read_users
+
+    users = read_users(Path(web_users_file)) if web_users_file else None
+    run_server(config, extra=[installer(project, users, is_loopback(host))])
 
 
 def _export_serve_unit(ctx: click.Context, *, bind: str, workers: int, queue_size: int, rate: str,

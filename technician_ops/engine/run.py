@@ -163,7 +163,14 @@ def release(project: Project, run_id: str, user: str, bus: Bus, audit: Any,
     try:
         return run(request, project, bus, audit, cancelled)
     except TechnicianOpsError:
-        audit.drop_release(held_id, new_id)  # refused or skipped before anything ran: it may be approved again
+        # Refused or skipped before anything ran: it may be approved again.  An error after the run
+        # started (the store failing as it sealed the record) keeps the claim: that release happened.
+        try:
+            outcome = audit.get(new_id).get("outcome")
+        except TechnicianOpsError:
+            outcome = None
+        if outcome in (None, "refused", "skipped"):
+            audit.drop_release(held_id, new_id)
         raise
 
 

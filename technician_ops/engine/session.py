@@ -261,10 +261,12 @@ def limit_hosts(plan: Plan, inventory: Any) -> set[str] | None:
 
     pattern = limit
     if limit.startswith("@"):
+        from technician_ops.fsutil import read_regular
+
         try:
-            lines = Path(limit[1:]).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ParameterError(f"--limit {limit}: cannot read: {exc.strerror or exc}") from None
+            lines = read_regular(Path(limit[1:]), 1 << 20).decode("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ParameterError(f"--limit {limit}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
         pattern = ",".join(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
     if not pattern.strip() or set(pattern) & set("{}"):
         raise ParameterError(f"--limit {limit!r}: give a host pattern (web1, web:!web3, ...)")
@@ -308,7 +310,9 @@ def write_limit(plan: Plan, inventory: Any, directory: Path) -> None:
         from technician_ops.plan.files import write_private
         from technician_ops.plan.options import LIMIT_FILE
 
-        write_private(directory / LIMIT_FILE, "".join(f"{h}\n" for h in sorted(allowed | {"localhost"})))
+        # An inventory host named localhost is a target like any other: only the implicit one is added.
+        implicit = set() if "localhost" in inventory.all_hosts() else {"localhost"}
+        write_private(directory / LIMIT_FILE, "".join(f"{h}\n" for h in sorted(allowed | implicit)))
 
 
 def sized(plan: Plan, project: Project, inventory: Any, targets: list[str], *, accelerated: bool = False) -> Plan:

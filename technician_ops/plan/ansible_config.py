@@ -25,6 +25,7 @@ import configparser
 import hashlib
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -39,7 +40,15 @@ REQUIRED = {
     ("defaults", "retry_files_enabled"): "a run's files stay in its private directory",
     ("defaults", "forks"): "technician-ops sizes forks per run (set [tool.technician-ops] forks to choose)",
     ("defaults", "strategy"): "--accelerate needs mitogen's strategy",
+    ("defaults", "keep_remote_files"): "module arguments (a secret on stdin) must not stay on the hosts",
+    ("defaults", "display_args_to_stdout"): "task arguments are not shown: they may hold a secret",
 }
+# Settings of the team's that are left out, each with why.
+DROPPED = {
+    ("defaults", "log_path"): "Ansible's log would keep task output the run's redaction never sees: the record is the log",
+}
+# Options of the team's ssh_args that would turn host key checking off behind ``host_key_checking``.
+_SSH_OFF = re.compile(r"-o\s*(StrictHostKeyChecking|UserKnownHostsFile)\s*=?\s*(no|off|/dev/null)\b", re.I)
 FIRST = {("defaults", "action_plugins"), ("defaults", "lookup_plugins"), ("defaults", "filter_plugins"), ("defaults", "roles_path"),
          ("defaults", "strategy_plugins")}
 APPENDED = {("ssh_connection", "ssh_args")}  # the team's options first: ssh keeps the first value of an option
@@ -96,6 +105,9 @@ def merge(ours: Settings, base: BaseConfig | None) -> tuple[str, list[str]]:
     """The effective ansible.cfg text, and a notice for each of the team's settings ours replaced."""
     settings: Settings = {s: dict(v) for s, v in (base.settings if base else {}).items()}
     notices: list[str] = []
+    for (section, key), why in DROPPED.items():
+        if settings.get(section, {}).pop(key, None) is not None:
+            notices.append(f"{base.path if base else 'ansible.cfg'}: [{section}] {key} is left out: {why}")
     for section, values in ours.items():
         target = settings.setdefault(section, {})
         for key, value in values.items():
@@ -109,7 +121,12 @@ def merge(ours: Settings, base: BaseConfig | None) -> tuple[str, list[str]]:
             elif (section, key) in FIRST:
                 target[key] = ":".join(dict.fromkeys([*value.split(":"), *theirs.split(":")]))
             elif (section, key) in APPENDED:
-                target[key] = f"{theirs} {value}"
+                if _SSH_OFF.search(theirs):
+                    notices.append(f"{base.path if base else 'ansible.cfg'}: [{section}] {key}: "
+                                   f"{', '.join(m.group(0) for m in _SSH_OFF.finditer(theirs))} dropped: an unknown "
+                                   "host key must stop a run")
+                    theirs = _SSH_OFF.sub("", theirs).strip()
+                target[key] = f"{theirs} {value}".strip()
             # else: the team's value stands
     parser = _parser()
     for section, values in settings.items():

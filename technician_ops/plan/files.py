@@ -93,6 +93,8 @@ def ansible_cfg(plan: Plan, state_dir: Path, *, accelerate: Path | None = None,
         "filter_plugins": str(PLUGIN_DIR / "filter"),
         "roles_path": str(plan.project_root / "roles"),
         "timeout": "10",
+        "keep_remote_files": "False",
+        "display_args_to_stdout": "False",
         **({"strategy_plugins": str(accelerate), "strategy": "mitogen_linear"} if accelerate else {}),
     }
     ssh = {

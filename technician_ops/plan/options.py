@@ -29,6 +29,8 @@ from typing import Any
 from technician_ops.errors import ParameterError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$", re.ASCII)
+# Names that carry credentials by convention (ansible_become_password, api_token, vault_secret...).
+_SECRET_NAME = re.compile(r"(?:^|_)(?:pass(?:word|wd|phrase)?|token|secret|credentials?|api_?key)(?:_|$)", re.I)
 RESERVED_PREFIX = "technician_ops"
 MAX_EXTRA_VARS_BYTES = 1 << 20  # an -e @FILE larger than this is not a set of variables
 LIMIT_FILE = "limit.txt"
@@ -89,6 +91,13 @@ def parse_extra_vars(items: Sequence[str], params: Mapping[str, Any], *, cwd: Pa
             problems.append(f"-e: {key!r} is not a variable name (letters, digits, _; not starting with a digit)")
         elif key.lower().startswith(RESERVED_PREFIX):
             problems.append(f"-e: {key!r}: names starting with {RESERVED_PREFIX!r} are technician-ops' own")
+        elif key == "steps":
+            problems.append("-e: 'steps' holds what earlier steps printed (docs/outputs.md): pick another name")
+        elif _SECRET_NAME.search(key) and key not in params:
+            problems.append(f"-e: {key!r} looks like a credential: an -e value is written to the run's files and kept "
+                            "in its record; declare a secret parameter instead (docs/security.md)")
+        elif not _string_keys(value):
+            problems.append(f"-e: {key!r}: every key of a mapping in it must be a string")
         elif key in params:
             if isinstance(value, (dict, list)):
                 problems.append(f"-e: {key!r} is a parameter of this runbook: give it one value, not a "
@@ -102,6 +111,14 @@ def parse_extra_vars(items: Sequence[str], params: Mapping[str, Any], *, cwd: Pa
     if problems:
         raise ParameterError("\n".join(problems))
     return extra, assigned
+
+
+def _string_keys(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _string_keys(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_string_keys(v) for v in value)
+    return True
 
 
 def _one(item: str, cwd: Path) -> dict[str, Any]:

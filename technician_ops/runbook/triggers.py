@@ -296,6 +296,8 @@ def render(trigger: Trigger, labels: Mapping[str, str]) -> Rendered:
                                  f"the trigger's {what} reads") from None
         except TemplateError as exc:
             raise ParameterError(f"the trigger's {what} could not be rendered: {exc}") from None
+        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:  # a filter called wrong
+            raise ParameterError(f"the trigger's {what} could not be rendered: {type(exc).__name__}: {exc}") from None
         if len(value) > MAX_VALUE or "\0" in value:
             raise ParameterError(f"the trigger's {what} rendered a value longer than {MAX_VALUE} characters "
                                  "or holding a NUL: refused")

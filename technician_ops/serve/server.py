@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import hmac
 import json
@@ -51,7 +52,7 @@ from technician_ops.engine.origin import ALERTMANAGER, ORIGIN_DETAIL_ENV, ORIGIN
 from technician_ops.errors import AuditError, ConfigError, TechnicianOpsError
 from technician_ops.outcomes import Outcome
 from technician_ops.serve.alerts import Notification, PayloadError, parse
-from technician_ops.serve.config import HMAC_ENV, TOKEN_ENV, ServeConfig
+from technician_ops.serve.config import HMAC_ENV, TOKEN_ENV, ServeConfig, is_loopback
 from technician_ops.serve.dispatch import Decision, Dispatcher, RateLimit
 from technician_ops.serve.journal import Journal, Pending
 from technician_ops.serve.metrics import Metrics
@@ -118,6 +119,7 @@ class Server:
         self.runs = RunQueue()
         self.records: asyncio.Queue[Pending] = asyncio.Queue()
         self.children: dict[int, Pending] = {}  # pid (= its process group) -> the job it runs
+        self.releases: dict[int, str] = {}  # pid (= its process group) -> identity: runs the web view released
         self.busy = 0
         self._decide = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -181,12 +183,41 @@ class Server:
                 log.error("run(s) still going %gs after SIGTERM: SIGKILL", self.config.kill_grace)
                 self._signal_children(signal.SIGKILL)
                 await asyncio.wait(pending, timeout=10)
+        await self._drain_releases()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._on_recorder(self._close_audit)
         self._recording.shutdown(wait=True)
         self.journal.close()
+
+    async def _drain_releases(self) -> None:
+        """Runs the web view released finish by the deadline, or stop (and roll back) like ours."""
+        deadline = time.monotonic() + self.config.drain_timeout
+        for sig, wait in ((None, deadline), (signal.SIGTERM, time.monotonic() + self.config.kill_grace),
+                          (signal.SIGKILL, time.monotonic() + 10)):
+            if sig is not None:
+                for pid, identity in list(self.releases.items()):
+                    if process_identity(pid) == identity:
+                        try:
+                            os.killpg(pid, sig)
+                        except (ProcessLookupError, PermissionError):
+                            pass
+                if sig is signal.SIGTERM:
+                    wait = time.monotonic() + self.config.kill_grace
+            while self.releases and time.monotonic() < wait:
+                await asyncio.sleep(0.2)
+            if not self.releases:
+                return
+
+    def release_environ(self) -> dict[str, str]:
+        """The environment of a run the web view releases: the server's store and notify URL, no secret of ours."""
+        env = {k: v for k, v in os.environ.items() if k not in _WITHHELD}
+        if self.config.notify_url:
+            env["TECHNICIAN_OPS_NOTIFY_URL"] = self.config.notify_url
+        if self.config.audit_url:
+            env["TECHNICIAN_OPS_AUDIT_URL"] = self.config.audit_url
+        return env
 
     def _signal_children(self, sig: int) -> None:
         for pid, pending in list(self.children.items()):
@@ -561,11 +592,52 @@ def _show(value: Any) -> str:
     return json.dumps(value, ensure_ascii=True)[:2000]
 
 
+def _guard(config: ServeConfig) -> Any:
+    """What a browser could send here on its own is refused before any handler.
+
+    - On a loopback bind, a ``Host`` that is not loopback: a DNS-rebinding page names its own host.
+    - On the webhook: anything but ``application/json`` (a cross-site form or ``no-cors`` fetch can only
+      send text/plain or a form without a preflight), and any request a browser marks as coming from
+      another site (``Origin``, ``Sec-Fetch-Site``).  Alertmanager sends JSON and neither header.
+    """
+    from aiohttp import web
+
+    loopback = is_loopback(config.host)
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if loopback:
+            host = (request.host or "").rsplit(":", 1)[0] if not (request.host or "").startswith("[") \
+                else (request.host or "").split("]")[0] + "]"
+            if host not in LOOPBACK_NAMES:
+                return web.json_response({"error": f"Host {request.host!r} is not this loopback server"}, status=421)
+        if request.path == HOOK:
+            if request.content_type != "application/json":
+                return web.json_response({"error": "the webhook takes application/json"}, status=415)
+            if "Origin" in request.headers or request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):
+                return web.json_response({"error": "refused: a browser's cross-site request"}, status=403)
+        return await handler(request)
+
+    return guard
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+
+
+@functools.cache
+def server_key() -> Any:
+    """The app's key to its ``Server`` (for the web view's releases); aiohttp is imported only to serve."""
+    from aiohttp import web
+
+    return web.AppKey("technician_ops_server", Server)
+
+
 def build_app(server: Server, *, extra: Sequence[Callable[[web.Application], None]] = ()) -> web.Application:
     """The aiohttp application of ``server``; each ``extra(app)`` may add routes (``/`` and ``/runs/`` are free)."""
     from aiohttp import web
 
-    app = web.Application(client_max_size=server.config.max_body)
+    app = web.Application(client_max_size=server.config.max_body, middlewares=[_guard(server.config)])
+    app[server_key()] = server
     app.router.add_post(HOOK, server.hook)
     app.router.add_get("/healthz", server.healthz)
     app.router.add_get("/metrics", server.metrics_page)

@@ -293,7 +293,9 @@ def publish_task(name: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     last.setdefault("register", register)
     value = "{{ steps | default({}) | combine({%s: (%s | default({'skipped': true}) | technician_ops_step_output)}) }}" % (
         json.dumps(name), register)
-    return {"name": f"{PLUMBING}publish {name}", "ansible.builtin.set_fact": {"steps": value}, "no_log": True}
+    # "always": a later step's when= reads it whatever --tags selected (a skipped step publishes "skipped").
+    return {"name": f"{PLUMBING}publish {name}", "ansible.builtin.set_fact": {"steps": value}, "no_log": True,
+            "tags": ["always"]}
 
 
 def bare_condition(when: str) -> str:

@@ -645,29 +645,34 @@ def test_approve_releases_a_held_run_once_and_only_as_it_was_held(project: DemoP
 
 
 def test_the_web_view_is_served_and_releases_a_held_run_for_a_signed_in_user(serve: Callable[..., Served],
-                                                                               project: DemoProject) -> None:
+                                                                               project: DemoProject, tmp_path: Path) -> None:
     import base64
     from urllib.parse import urlencode
 
     from technician_ops import api
+    from technician_ops.serve.ui import hash_password
 
+    users = tmp_path / "web-users"
+    users.write_text(f"alice:{hash_password('correct horse')}\n")
+    users.chmod(0o600)
     held = api.hold_run(api.RunRequest("needs-human", {"reason": "seen on the web"}), project.project(), "held for a test")
-    served = serve()
+    served = serve("--web-users-file", str(users))
     status, headers, _ = served.get("/")
     assert status == 302 and headers["Location"] == "/ui/"
-    status, headers, page = served.get("/ui/")
+    status, headers, _ = served.get("/ui/")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")  # with users, every page asks
+    basic = lambda cred: {"Authorization": "Basic " + base64.b64encode(cred.encode()).decode()}  # noqa: E731
+    assert served.request("GET", "/ui/", headers=basic(f"alice:{TOKEN}"))[0] == 401  # the webhook's token is no password
+    assert served.request("GET", "/ui/", headers=basic("mallory:correct horse"))[0] == 401
+    alice = basic("alice:correct horse")
+    status, headers, page = served.request("GET", "/ui/", headers=alice)
     assert status == 200 and held.run_id in page and headers["Content-Security-Policy"].startswith("default-src 'none'")
-    anonymous = served.get(f"/ui/runs/{held.run_id}")[2]
-    assert "awaiting" in anonymous and 'name="csrf"' not in anonymous  # nobody signed in: no Approve
-    wrong = {"Authorization": "Basic " + base64.b64encode(b"mallory:not-the-token").decode()}
-    assert 'name="csrf"' not in served.request("GET", f"/ui/runs/{held.run_id}", headers=wrong)[2]
-    alice = {"Authorization": "Basic " + base64.b64encode(f"alice:{TOKEN}".encode()).decode()}
+    assert served.request("GET", "/ui/", headers={**alice, "Host": "evil.example:9095"})[0] == 421  # DNS rebinding
     page = served.request("GET", f"/ui/runs/{held.run_id}", headers=alice)[2]
     csrf = re.search(r'name="csrf" value="([^"]+)"', page)
     assert csrf is not None
     form = {"Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://127.0.0.1:{served.port}"}
     body = urlencode({"csrf": csrf.group(1)}).encode()
-    assert served.request("POST", f"/ui/runs/{held.run_id}/approve", body, {**wrong, **form})[0] == 403
     assert served.request("POST", f"/ui/runs/{held.run_id}/approve", body,
                           {**alice, **form, "Origin": "http://evil.example"})[0] == 403
     status, headers, _ = served.request("POST", f"/ui/runs/{held.run_id}/approve", body, {**alice, **form})
@@ -677,6 +682,17 @@ def test_the_web_view_is_served_and_releases_a_held_run_for_a_signed_in_user(ser
     assert released[0]["outcome"] == "succeeded" and headers["Location"] == f"/ui/runs/{released[0]['run_id']}"
     assert [a["user"] for a in released[0]["approvals"]] == [f"{api_user()} (via web:alice)"]
     assert served.request("POST", f"/ui/runs/{held.run_id}/approve", body, {**alice, **form})[0] == 409
+
+
+def test_a_browser_cannot_post_alerts_to_the_hook(serve: Callable[..., Served]) -> None:
+    served = serve()
+    body = json.dumps(payload(alert("cs", alertname="NodeFilesystemSpaceFillingUp"))).encode()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert served.request("POST", "/hooks/alertmanager", body, {**auth, "Content-Type": "text/plain"})[0] == 415
+    assert served.request("POST", "/hooks/alertmanager", body, {**auth, "Content-Type": "application/json",
+                                                               "Origin": "http://evil.example"})[0] == 403
+    assert served.request("POST", "/hooks/alertmanager", body, {**auth, "Content-Type": "application/json",
+                                                               "Sec-Fetch-Site": "cross-site"})[0] == 403
 
 
 def api_user() -> str:

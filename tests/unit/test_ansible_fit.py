@@ -231,3 +231,32 @@ def test_unified_diff_of_ansible_results() -> None:
     assert "-b\n+c" in text and "--- /etc/x (content)" in text and "+++ y" in text and "'absent'" in text
     assert unified_diff({"before": "", "after": ""}) == ""
     assert len(unified_diff({"before": "", "after": "x\n" * 100_000})) < 70_000
+
+
+def test_the_team_config_cannot_open_a_way_around_redaction_or_host_keys(tmp_path: Path) -> None:
+    team = tmp_path / "ansible.cfg"
+    team.write_text("[defaults]\nlog_path = /var/log/ansible.log\nkeep_remote_files = True\n"
+                    "[ssh_connection]\nssh_args = -o ProxyJump=bastion -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null\n")
+    text, notices = ansible_config.merge({"defaults": {"keep_remote_files": "False"},
+                                          "ssh_connection": {"ssh_args": "-o ServerAliveInterval=5"}},
+                                         ansible_config.read(team))
+    cfg = _cfg(text)
+    assert "log_path" not in cfg["defaults"] and cfg["defaults"]["keep_remote_files"] == "False"
+    assert cfg["ssh_connection"]["ssh_args"] == "-o ProxyJump=bastion -o ServerAliveInterval=5"
+    said = "\n".join(notices)
+    assert "log_path is left out" in said and "StrictHostKeyChecking=no" in said and "keep_remote_files" in said
+
+
+@pytest.mark.parametrize("item, message", [
+    ("ansible_become_password=x", "looks like a credential"),
+    ("api_token=x", "looks like a credential"),
+    ("db_passwd=x", "looks like a credential"),
+    ("steps=x", "holds what earlier steps printed"),
+    ("{m: {1: a}}", "every key of a mapping in it must be a string"),
+])
+def test_extra_vars_that_would_leak_or_break_are_refused(item: str, message: str) -> None:
+    with pytest.raises(ParameterError) as exc:
+        parse_extra_vars([item], PARAMS)
+    assert message in exc.value.message
+    fine = parse_extra_vars(["passenger=1 bypass_cache=true ansible_ssh_private_key_file=/k tokens_used=2"], PARAMS)[0]
+    assert set(fine) == {"passenger", "bypass_cache", "ansible_ssh_private_key_file", "tokens_used"}

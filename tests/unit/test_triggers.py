@@ -160,3 +160,12 @@ def test_template_problem_lists_the_labels_read() -> None:
     assert template_problem("plain") == (None, [])
     assert "'lipsum' is not available" in str(template_problem("{{ lipsum }}")[0])
     assert "call expressions are not available" in str(template_problem("{{ range(3) }}")[0])
+
+
+def test_a_filter_called_wrong_is_refused_as_the_alerts_problem_not_a_crash(tmp_path: Path) -> None:
+    text = GOOD.replace('"{{ labels.mountpoint }}"', '"{{ labels.mountpoint | replace(\'a\') }}"', 1)
+    assert text != GOOD
+    first = load_runbook(_write(tmp_path, text), tmp_path).triggers[0]
+    with pytest.raises(ParameterError) as exc:
+        render(first, {"alertname": "NodeFilesystemSpaceFillingUp", "mountpoint": "/var", "instance": "web1"})
+    assert "could not be rendered: TypeError" in exc.value.message
