@@ -438,7 +438,7 @@ def test_sigterm_drains_runs_then_stops_what_outlives_the_deadline(serve: Callab
 
     chat = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=chat.serve_forever, daemon=True).start()
-    served = serve("--workers", "2", "--rate", "100/1m", "--drain-timeout", "6",
+    served = serve("--workers", "2", "--rate", "100/1m", "--drain-timeout", "12",
                    env={"TECHNICIAN_OPS_NOTIFY_URL": f"http://127.0.0.1:{chat.server_address[1]}/hook"})
     assert served.post(alert("c1", alertname="Slow", instance="web1", pause="3"),
                        alert("c2", alertname="SlowToo", instance="web2", pause="120"))[0] == 202
@@ -457,7 +457,7 @@ def test_sigterm_drains_runs_then_stops_what_outlives_the_deadline(serve: Callab
     assert time.monotonic() - started < 45
     outcomes = {fingerprint_of(r): r["outcome"] for r in records(project)}
     assert outcomes == {"c1": "succeeded", "c2": "interrupted"}
-    assert "drain deadline (6s) passed: stopping 1 run(s)" in served.log.read_text()
+    assert "drain deadline (12s) passed: stopping 1 run(s)" in served.log.read_text()
     chat.shutdown()
     assert len(posted) == 1 and "slow-too" in posted[0]["text"] and "interrupted" in posted[0]["text"]
 
