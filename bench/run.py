@@ -35,11 +35,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
 
-PYTHON = sys.executable
+from benchlib import (  # noqa: E402
+    BENCH_RUNBOOK, NAIVE_PLAYBOOK, PYTHON, REPO, BenchError, BenchProject, _pair, ansible_playbook, child_env,
+    compile_package, interleave, ms, pct, speed_probe, timed, tool,
+)
+
 HEAVY_MODULES = ("ansible", "ansible_runner", "hvac", "python_terraform")
 
 # The targets of issue 9: (key in the results, comparison, limit, unit shown).
@@ -60,278 +64,15 @@ TARGETS = {
     "verify_s_per_100k": ("<=", 1.0, "s"),
     "event_ms": ("<=", 0.05, "ms"),
     "show_200x5_s": ("<=", 1.0, "s"),
+    # issue 22: over the SSH test bed (bench/ssh.py) and at 1,000 hosts (bench/scale.py)
+    "ssh_run_vs_raw_50": ("<=", 1.04, "x raw"),
+    "ssh_run_vs_naive_50": ("<=", 0.5, "x naive"),
+    "ssh_accel_vs_naive_50": ("<=", 0.2, "x naive"),
+    "ssh20ms_run_vs_naive_10": ("<=", 0.4, "x naive"),
+    "scale_tool_cpu_share_1000": ("<=", 0.05, "of the run's CPU"),
+    "scale_record_mb_1000": ("<=", 2.0, "MB"),
+    "scale_show_s_1000": ("<=", 1.0, "s"),
 }
-
-BENCH_RUNBOOK = """\
----
-name: bench
-summary: Benchmark runbook, five one-task steps (command, copy, lineinfile, stat, debug).
-hosts: bench
-params:
-  version: {type: string, default: "1.0.0"}
----
-
-# Bench
-
-```yaml {name=probe kind=check}
-- ansible.builtin.command: /bin/true
-  changed_when: false
-```
-
-```yaml {name=write-config}
-- ansible.builtin.copy:
-    dest: "{{ state_dir }}/app.conf"
-    content: "version={{ version }}\\nmode=normal\\n"
-    mode: "0644"
-```
-
-```yaml {rollback=write-config}
-- ansible.builtin.file:
-    path: "{{ state_dir }}/app.conf"
-    state: absent
-```
-
-```yaml {name=set-mode}
-- ansible.builtin.lineinfile:
-    path: "{{ state_dir }}/app.conf"
-    regexp: "^mode="
-    line: "mode=normal"
-```
-
-```yaml {rollback=set-mode}
-- ansible.builtin.lineinfile:
-    path: "{{ state_dir }}/app.conf"
-    regexp: "^mode="
-    state: absent
-```
-
-```yaml {name=stat-config kind=check}
-- ansible.builtin.stat:
-    path: "{{ state_dir }}/app.conf"
-```
-
-```yaml {name=report kind=check}
-- ansible.builtin.debug:
-    msg: "config written for {{ version }}"
-```
-"""
-
-# What a person would write by hand for the same job: one play, Ansible's
-# defaults (facts gathered, forks 5, no pipelining).
-NAIVE_PLAYBOOK = """\
-- name: bench (hand-written)
-  hosts: bench
-  vars:
-    version: "1.0.0"
-  tasks:
-    - ansible.builtin.command: /bin/true
-      changed_when: false
-    - ansible.builtin.copy:
-        dest: "{{ state_dir }}/app.conf"
-        content: "version={{ version }}\\nmode=normal\\n"
-        mode: "0644"
-    - ansible.builtin.lineinfile:
-        path: "{{ state_dir }}/app.conf"
-        regexp: "^mode="
-        line: "mode=normal"
-    - ansible.builtin.stat:
-        path: "{{ state_dir }}/app.conf"
-    - ansible.builtin.debug:
-        msg: "config written for {{ version }}"
-"""
-
-
-class BenchError(RuntimeError):
-    """A measured command failed: its figure would be meaningless, so the bench stops."""
-
-
-# --- helpers -----------------------------------------------------------------------
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of every child: this checkout first on PYTHONPATH, no colour."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["ANSIBLE_NOCOLOR"] = "1"
-    for key in ("ANSIBLE_CONFIG", "TECHNICIAN_OPS_PROJECT", "TECHNICIAN_OPS_AUDIT_URL", "TECHNICIAN_OPS_INVENTORY",
-                "TECHNICIAN_OPS_STATE_DIR"):
-        env.pop(key, None)
-    env.update(extra)
-    return env
-
-
-# Peak memory of the last command ``timed`` ran, in MiB: the largest resident
-# set of any one process of its tree (wait4's ru_maxrss covers the child and
-# every descendant it waited for: ansible-playbook's workers, and for ``run``
-# ansible-playbook itself).
-last_peak_mib = 0.0
-
-
-def timed(cmd: list[str], *, cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> float:
-    """Wall time of one command in seconds; a failure aborts the bench with its output tail."""
-    global last_peak_mib
-    with tempfile.TemporaryFile("w+") as out:  # a file, not a pipe: nobody reads while we wait4
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        last_peak_mib = usage.ru_maxrss / 1024.0  # KiB on Linux
-        if proc.returncode not in ok:
-            out.seek(0)
-            tail = "\n".join(out.read().strip().splitlines()[-15:])
-            raise BenchError(f"{' '.join(cmd)} exited {proc.returncode} (cwd {cwd}):\n{tail}")
-    return elapsed
-
-
-def tool(*args: str) -> list[str]:
-    return [PYTHON, "-m", "technician_ops.cli", *args]
-
-
-def ansible_playbook() -> str:
-    path = Path(PYTHON).parent / "ansible-playbook"
-    found = str(path) if path.exists() else shutil.which("ansible-playbook")
-    if not found:
-        raise BenchError("ansible-playbook not found next to this Python nor on PATH")
-    return found
-
-
-def compile_package() -> None:
-    """Byte-compile the checkout's package, as pip does when it installs one.
-
-    An editable install has no byte-code until Python writes it, and under
-    PYTHONDONTWRITEBYTECODE (set in many containers) it never does: every start
-    would compile the tool's modules again (about 20 ms of a lint), which an
-    installed tool does not pay.  Stale files are rewritten, current ones kept.
-    """
-    import compileall
-
-    if not compileall.compile_dir(str(REPO / "technician_ops"), quiet=1, rx=re.compile(r"remote_backup")):
-        raise BenchError(f"byte-compiling {REPO / 'technician_ops'} failed")
-
-
-def interleave(sides: dict[str, Callable[[], float]], reps: int, warmup: int = 1,
-               peaks: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
-    """A B, B A, A B ...: ``warmup`` unmeasured rounds, then ``reps`` measured ones (and their peak memory into ``peaks``).
-
-    Every other round runs the sides in reverse, so no side always goes first
-    (after the previous round's last side has left the page cache and the
-    CPU in its own state) or always last.
-    """
-    samples: dict[str, list[float]] = {name: [] for name in sides}
-    order = list(sides)
-    for i in range(warmup + reps):
-        for name in (order if i % 2 == 0 else order[::-1]):
-            t = sides[name]()
-            if i >= warmup:
-                samples[name].append(t)
-                if peaks is not None:
-                    peaks.setdefault(name, []).append(last_peak_mib)
-    return samples
-
-
-def speed_probe() -> float:
-    """Milliseconds of a fixed pure-Python workload (median of 3): how fast the machine is right now.
-
-    Recorded before every section, so a report shows whether the machine
-    itself changed speed during the run (on shared VMs it does, by tens of
-    percent within minutes), which no ratio of a few percent survives.
-    """
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        sum(i * i for i in range(300_000))
-        times.append(time.perf_counter() - start)
-    return ms(statistics.median(times))
-
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100): the p99 of 1000 samples is the 990th."""
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(q / 100.0 * len(ordered) + 0.5)) - 1))
-    return ordered[k]
-
-
-def ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
-
-
-# --- the temporary project ---------------------------------------------------------
-
-
-class BenchProject:
-    """A project with the bench runbook and an inventory of ``n`` local-connection hosts."""
-
-    def __init__(self, base: Path, n_hosts: int) -> None:
-        self.root = base / f"project-{n_hosts}"
-        self.n = n_hosts
-        (self.root / "runbooks").mkdir(parents=True)
-        (self.root / "inventory").mkdir()
-        (self.root / "runbooks" / "bench.md").write_text(BENCH_RUNBOOK)
-        hosts = {}
-        for i in range(n_hosts):
-            name = f"h{i:03d}"
-            state = self.root / "hosts" / name
-            state.mkdir(parents=True)
-            hosts[name] = {"state_dir": str(state)}
-        import yaml
-
-        # A group of its own, so the bench inventory can grow other hosts without changing the runbook.
-        inv = {"all": {"vars": {"ansible_connection": "local"}, "children": {"bench": {"hosts": hosts}}}}
-        self.inventory = self.root / "inventory" / "hosts.yml"
-        self.inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
-        self.compiled = base / f"compiled-{n_hosts}"
-        timed(tool("--project", str(self.root), "compile", "bench", "-o", str(self.compiled)), cwd=self.root,
-              env=child_env())
-        self.naive_dir = base / f"naive-{n_hosts}"
-        self.naive_dir.mkdir()
-        (self.naive_dir / "main.yml").write_text(NAIVE_PLAYBOOK)
-        (self.naive_dir / "ansible.cfg").write_text("# Ansible's defaults\n[defaults]\n")
-
-    def run_tool(self) -> float:
-        return timed(tool("--project", str(self.root), "run", "bench", "--output", "json", "--yes"),
-                     cwd=self.root, env=child_env())
-
-    def run_accelerated(self) -> float:
-        """``run --accelerate``: mitogen's strategy (opt-in; the tool falls back to linear if unusable)."""
-        return timed(tool("--project", str(self.root), "run", "bench", "--output", "json", "--yes", "--accelerate"),
-                     cwd=self.root, env=child_env())
-
-    def run_raw(self) -> float:
-        """The very playbook ``compile`` wrote, its ansible.cfg and both inventories."""
-        env = child_env(ANSIBLE_CONFIG=str(self.compiled / "ansible.cfg"))
-        cmd = [ansible_playbook(), "-i", str(self.inventory), "-i", str(self.compiled / "controller-inventory.yml"),
-               str(self.compiled / "project" / "main.yml")]
-        return timed(cmd, cwd=self.compiled, env=env)
-
-    def run_naive(self) -> float:
-        """Ansible's defaults.  The interpreter is the same as the tool's, so only settings differ."""
-        env = child_env(ANSIBLE_CONFIG=str(self.naive_dir / "ansible.cfg"))
-        cmd = [ansible_playbook(), "-i", str(self.inventory), "-i", str(self.compiled / "controller-inventory.yml"),
-               str(self.naive_dir / "main.yml")]
-        return timed(cmd, cwd=self.naive_dir, env=env)
-
-    def run_raw_forks(self, forks: int) -> float:
-        """The compiled playbook with only ``forks`` changed (to test a generated-config change)."""
-        env = child_env(ANSIBLE_CONFIG=str(self.compiled / "ansible.cfg"), ANSIBLE_FORKS=str(forks))
-        cmd = [ansible_playbook(), "-i", str(self.inventory), "-i", str(self.compiled / "controller-inventory.yml"),
-               str(self.compiled / "project" / "main.yml")]
-        return timed(cmd, cwd=self.compiled, env=env)
-
-
-def _pair(samples: dict[str, list[float]], a: str, b: str) -> dict[str, Any]:
-    """Medians of both sides and their ratio (the figure), plus each round's own ratio.
-
-    The rounds' ratios (``a`` against the ``b`` run next to it) show how much
-    of a spread is the machine: their median is given for reading, the
-    target is judged on the ratio of medians.
-    """
-    ma, mb = statistics.median(samples[a]), statistics.median(samples[b])
-    rounds = [round(x / y, 4) for x, y in zip(samples[a], samples[b])]
-    return {f"{a}_s": round(ma, 4), f"{b}_s": round(mb, 4), "ratio": round(ma / mb, 4),
-            "round_ratios": rounds, "round_ratio_median": round(statistics.median(rounds), 4),
-            "samples": {k: [round(v, 4) for v in vs] for k, vs in samples.items()}}
-
 
 def bench_run_vs_raw(base: Path, hosts: list[int], reps: int, log: Callable[[str], None], warmup: int = 1,
                      accelerate_hosts: frozenset[int] = frozenset()) -> dict[str, Any]:
@@ -705,6 +446,18 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         f["event_ms"] = results["events"]["ms_per_event"]
     if "show" in results:
         f["show_200x5_s"] = results["show"]["median_s"]
+    for r in results.get("ssh", {}).values():
+        tag = f"ssh{r['slow_ms']}ms" if r["slow_ms"] else "ssh"
+        f[f"{tag}_run_vs_raw_{r['hosts']}"] = r["ratio"]
+        f[f"{tag}_run_vs_naive_{r['hosts']}"] = r["run_vs_naive"]
+        if "accel_vs_naive" in r:
+            f[f"{tag}_accel_vs_naive_{r['hosts']}"] = r["accel_vs_naive"]
+    sc = results.get("scale")
+    if sc:
+        n = sc["hosts"]
+        f[f"scale_tool_cpu_share_{n}"] = sc["tool_cpu_share"]
+        f[f"scale_record_mb_{n}"] = sc["record_mb"]
+        f[f"scale_show_s_{n}"] = sc["show_s"]
     return f
 
 
@@ -790,6 +543,25 @@ def markdown(results: dict[str, Any]) -> str:
         sh = results["show"]
         lines.append(f"- show RUN_ID of {sh['hosts']} hosts x {sh['steps']} steps, each with 20 lines of output: "
                      f"{sh['median_s']} s median of {sh['seconds']} (store {sh['record_bytes']} bytes)")
+    for r in results.get("ssh", {}).values():
+        where = f"{r['hosts']} SSH hosts" + (f", +{r['slow_ms']} ms each way" if r["slow_ms"] else "")
+        med = ", ".join(f"{k} {v} s" for k, v in r["medians_s"].items())
+        lines.append(f"- {where}: {med}; run/raw {r['ratio']}" + _rounds(r)
+                     + f"; run/naive {r['run_vs_naive']}" + _rounds(r["vs_naive"]))
+        if "accel_vs_naive" in r:
+            lines.append(f"  - run --accelerate: {r['accel_vs_naive']}x naive (rounds "
+                         f"{', '.join(map(str, r['accel_rounds_vs_naive']))}), {r['accel_vs_raw']}x raw")
+        elif "accelerate_skipped" in r:
+            lines.append(f"  - run --accelerate: not measured ({r['accelerate_skipped']})")
+        lines.append("  - first change on a host, s after start: "
+                     + ", ".join(f"{k} {v}" for k, v in r["first_change_s"].items())
+                     + "; peak memory MiB: " + ", ".join(f"{k} {v}" for k, v in r["peak_mib"].items()))
+    sc = results.get("scale")
+    if sc:
+        lines.append(f"- {sc['hosts']} local hosts x {sc['steps']} steps: run {sc['run_s']} s; the tool's own CPU "
+                     f"{sc['tool_cpu_s']} s of {sc['total_cpu_s']} s ({sc['tool_cpu_share'] * 100:.1f} %), "
+                     f"{sc['tool_cpu_ms_per_host_step']} ms per host and step; tool peak memory {sc['tool_peak_mib']} MiB; "
+                     f"record {sc['record_mb']} MB ({sc['events']} events); show {sc['show_s']} s")
     return "\n".join(lines) + "\n"
 
 
@@ -825,7 +597,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--events", type=int, help="synthetic events (default 50000; --quick 5000)")
     p.add_argument("--pg-url", help="also bench a PostgreSQL audit store (a scratch schema is created and dropped)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results directory")
-    p.add_argument("--only", help="comma-separated sections: run,naive,startup,lint,audit,events,show (default all)")
+    p.add_argument("--only", help="comma-separated sections: run,naive,startup,lint,audit,events,show, and the "
+                                  "SSH/scale ones, never run by default: ssh,ssh-slow,scale")
+    p.add_argument("--ssh-hosts", default="10,50", help="SSH test bed sizes of the ssh section (default 10,50)")
+    p.add_argument("--slow-ms", type=int, default=20, help="ssh-slow: delay each way per host (default 20)")
+    p.add_argument("--slow-hosts", type=int, default=10, help="ssh-slow: hosts (default 10)")
+    p.add_argument("--scale-hosts", type=int, default=1000, help="scale: local hosts (default 1000)")
     args = p.parse_args(argv)
     q = args.quick
     args.reps = args.reps or (2 if q else 3)
@@ -842,6 +619,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.lint_count = args.lint_count or (50 if q else 1000)
     args.events = args.events or (2000 if q else 50_000)
     # --quick leaves out the defaults-vs-naive comparison (two more playbook runs): it must fit a test's minute.
+    args.ssh_host_list = [int(h) for h in args.ssh_hosts.split(",") if h.strip()]
     args.sections = set((args.only or ("run,startup,lint,audit,events,show" if q else "run,naive,startup,lint,audit,events,show")).split(","))
     return args
 
@@ -894,6 +672,23 @@ def main(argv: list[str] | None = None) -> int:
         if "show" in args.sections:
             probes["show"] = speed_probe()
             results["show"] = bench_show(base, 200, 5, max(args.reps, 3), log)
+        if "ssh" in args.sections or "ssh-slow" in args.sections:
+            import ssh
+
+            results["ssh"] = {}
+            if "ssh" in args.sections:
+                for n in args.ssh_host_list:
+                    probes[f"ssh-{n}"] = speed_probe()
+                    results["ssh"][str(n)] = ssh.bench_ssh(base, n, args.reps, log, warmup=0 if args.quick else 1)
+            if "ssh-slow" in args.sections:
+                probes["ssh-slow"] = speed_probe()
+                results["ssh"][f"{args.slow_hosts}@{args.slow_ms}ms"] = ssh.bench_ssh(
+                    base, args.slow_hosts, args.reps, log, slow_ms=args.slow_ms, warmup=0 if args.quick else 1)
+        if "scale" in args.sections:
+            import scale
+
+            probes["scale"] = speed_probe()
+            results["scale"] = scale.bench_scale(base, args.scale_hosts, log)
     probes["end"] = speed_probe()
     results["meta"]["seconds"] = round(time.perf_counter() - t_all, 1)
     results["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
