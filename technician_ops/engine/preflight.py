@@ -69,6 +69,12 @@ class HostSpec:
     key_file: Path | None = None  # None: paramiko tries ~/.ssh/id_* and the agent
     known_hosts: Path | None = None  # None: ~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts
     host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
+    # How Ansible's ssh plugin would run ssh there (ssh_masters.py opens the run's connection that way).
+    connection: str = "ssh"
+    ssh_args: str = ""  # ansible_ssh_common_args + ansible_ssh_extra_args
+    ssh_args_override: str | None = None  # ansible_ssh_args: replaces ansible.cfg's ssh_args for this host
+    password: bool = False  # a password (sshpass), not a key
+    ssh_executable: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -217,12 +223,15 @@ def ensure_reachable(hosts: Sequence[HostSpec], timeout: float = DEFAULT_TIMEOUT
     """Raise ``DependencyUnavailable`` naming every bad host, one per line."""
     problems = check_hosts(hosts, timeout=timeout, max_workers=max_workers)
     if problems:
-        noun = "host" if len(problems) == 1 else "hosts"
-        lines = [f"preflight: {len(problems)} of {len(hosts)} {noun} not reachable over SSH; nothing was changed"]
-        lines += [f"  {p}" for p in problems]
-        raise DependencyUnavailable(
-            "\n".join(lines), hint="fix the hosts and run again, or pass --skip-preflight to run anyway"
-        )
+        raise unreachable(problems, len(hosts))
+
+
+def unreachable(problems: Sequence[HostProblem], total: int) -> DependencyUnavailable:
+    """The refusal naming every bad host, one per line."""
+    noun = "host" if len(problems) == 1 else "hosts"
+    lines = [f"preflight: {len(problems)} of {total} {noun} not reachable over SSH; nothing was changed"]
+    lines += [f"  {p}" for p in problems]
+    return DependencyUnavailable("\n".join(lines), hint="fix the hosts and run again, or pass --skip-preflight to run anyway")
 
 
 # ------------------------------------------------------------------ inventory
@@ -310,6 +319,8 @@ def hosts_from_manager(inventory: Any, variables: Any, loader: Any, pattern: str
             port = int(port)
         except (TypeError, ValueError):
             raise ConfigError(f"inventory: {host.name}: ansible_port {port!r} is not a number") from None
+        override = var("ansible_ssh_args")
+        executable = var("ansible_ssh_executable")
         specs.append(
             HostSpec(
                 name=host.name,
@@ -319,6 +330,13 @@ def hosts_from_manager(inventory: Any, variables: Any, loader: Any, pattern: str
                 key_file=Path(str(key)).expanduser() if key else None,
                 known_hosts=Path(known_hosts.split()[0]).expanduser() if known_hosts else None,
                 host_key_policy=policy,
+                connection=connection,
+                ssh_args=ssh_args,
+                ssh_args_override=str(override) if override is not None else None,
+                # Present is enough (never rendered here: it may be a lookup of a secret).
+                password=any(hostvars.get(n) is not None for n in ("ansible_password", "ansible_ssh_pass",
+                                                                    "ansible_ssh_password")),
+                ssh_executable=str(executable) if executable is not None else None,
             )
         )
     return specs

@@ -103,6 +103,12 @@ class Session:
 
     def __init__(self, project: Project, bus: Bus, audit: Any, cancelled: Cancelled | None = None) -> None:
         self.project, self.bus, self.audit, self.cancelled = project, bus, audit, cancelled
+        self.masters: Any = None  # the run's SSH connections (ssh_masters.Masters), from preflight to the end
+
+    def close_masters(self) -> None:
+        if self.masters is not None:
+            masters, self.masters = self.masters, None
+            masters.close()
 
     @contextmanager
     def refusing(self, head: dict[str, Any], why: str = "refused") -> Iterator[None]:
@@ -137,6 +143,7 @@ class Session:
         try:
             return self._locked(work, lock.fd)
         finally:
+            self.close_masters()
             lock.release()
 
     def _locked(self, work: Work, lock_fd: int) -> RunResult:
@@ -178,15 +185,38 @@ class Session:
             if work.check_inventory is not None:
                 work.check_inventory(inventory)
             targets = work.targets(inventory) if inventory is not None else []
-            if not work.skip_preflight and inventory is not None:
-                preflight(targets, inventory)
-            pdd = ensure_private_dir(ensure_private_dir(ensure_private_dir(project.state_dir) / "runs") / work.header["run_id"])
             strategy_dir, not_accelerated = acceleration(work.accelerate, work.environ)
             notices += [not_accelerated] if not_accelerated else []
-            plan = sized(work.plan, project, inventory, targets, accelerated=strategy_dir is not None)
             base = base_config(project, work.environ)
+            ssh_targets = [h for h in targets if inventory.may_use_ssh(h)] if inventory is not None else []
+            if ssh_targets and strategy_dir is None:  # mitogen makes its own connections
+                from technician_ops.engine import ssh_masters
+
+                self.masters = ssh_masters.Masters(ssh_masters.control_dir())
+        try:
+            return self._prepare_files(work, inventory, targets, ssh_targets, strategy_dir, base, notices)
+        except BaseException:
+            self.close_masters()
+            raise
+
+    def _prepare_files(self, work: Work, inventory: Any, targets: list[str], ssh_targets: list[str],
+                       strategy_dir: Path | None, base: Any,
+                       notices: list[str]) -> tuple[Plan, Path, dict[str, Path], list[str]]:
+        """Preflight (opening the run's SSH connections), then the run's directory and files."""
+        project = self.project
+        with self.refusing(work.header, "refused before any change"):
+            if not work.skip_preflight and ssh_targets:
+                preflight(ssh_targets, inventory, self.masters, base, become=uses_become(work.plan))
+            no_pipelining = self.masters.requiretty if self.masters is not None else []
+            if no_pipelining:
+                notices.append(f"sudo on {', '.join(no_pipelining)} needs a terminal (requiretty): "
+                               "those hosts run without pipelining, each task a few round trips slower")
+            pdd = ensure_private_dir(ensure_private_dir(ensure_private_dir(project.state_dir) / "runs") / work.header["run_id"])
+            plan = sized(work.plan, project, inventory, targets, accelerated=strategy_dir is not None)
             files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [],
-                               accelerate=strategy_dir, base_config=base, notices=notices)
+                               accelerate=strategy_dir, base_config=base, notices=notices,
+                               control_dir=self.masters.directory if self.masters is not None else None,
+                               no_pipelining=no_pipelining)
             if inventory is not None:
                 write_limit(plan, inventory, pdd)
                 inventory.save()
@@ -210,6 +240,11 @@ class Session:
             with ControlServer(handlers) as control:
                 env = {**control.env, ENV_RUN_ID: plan.run_id, ENV_STATE_DIR: str(project.state_dir),
                        "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}
+                if self.masters is not None:  # over an ANSIBLE_SSH_CONTROL_PATH* of the caller's: the run's own
+                    from technician_ops.plan.files import CONTROL_PATH
+
+                    env.update(ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.masters.directory),
+                               ANSIBLE_SSH_CONTROL_PATH=CONTROL_PATH)
                 ctx = Context(project, work.header["run_id"], plan, pdd, files,
                               [*project.inventory, files["inventory"]], env, self.bus, redactor, self.cancelled, lock_fd)
                 return work.body(ctx)
@@ -323,15 +358,41 @@ def sized(plan: Plan, project: Project, inventory: Any, targets: list[str], *, a
     return dataclasses.replace(plan, forks=default_forks(len(targets), remote=remote))
 
 
-def preflight(targets: list[str], inventory: Any) -> None:
-    """Every SSH target answers and authenticates before anything changes."""
-    names = [h for h in targets if inventory.may_use_ssh(h)]
-    if names:
-        from technician_ops.engine import preflight as checks
+def preflight(names: list[str], inventory: Any, masters: Any = None, base: Any = None, *, become: bool = False) -> None:
+    """Every SSH target answers and authenticates before anything changes.
 
-        specs = checks.specs(inventory, ":".join(names))
-        if specs:
-            checks.ensure_reachable(specs)
+    With ``masters`` (ssh_masters.Masters), the check opens each host's connection for the run to reuse;
+    hosts Ansible reaches otherwise (a password, mitogen...) get paramiko's check.
+    """
+    from technician_ops.engine import preflight as checks
+
+    specs = checks.specs(inventory, ":".join(names))
+    if not specs:
+        return
+    if masters is None:
+        checks.ensure_reachable(specs)
+        return
+    from technician_ops.engine import ssh_masters
+    from technician_ops.plan.files import effective_ssh_args
+
+    masters.base_ssh_args = effective_ssh_args(base)
+    via = [s for s in specs if ssh_masters.usable(s)]
+    problems = masters.open(via, checks.DEFAULT_TIMEOUT, become=become)
+    problems += checks.check_hosts([s for s in specs if not ssh_masters.usable(s)])
+    if problems:
+        raise checks.unreachable(problems, len(specs))
+
+
+def uses_become(plan: Plan) -> bool:
+    """Whether a step of ``plan`` asks for privilege escalation (preflight then checks sudo's requiretty)."""
+    def walk(node: Any) -> bool:
+        if isinstance(node, dict):
+            return any((k == "become" and v not in (False, "false", "no", None)) or walk(v) for k, v in node.items())
+        if isinstance(node, list):
+            return any(walk(v) for v in node)
+        return False
+
+    return walk(plan.playbook())
 
 
 def acceleration(wanted: bool | None, environ: dict[str, str] | None) -> tuple[Path | None, str | None]:

@@ -42,6 +42,8 @@ REQUIRED = {
     ("defaults", "strategy"): "--accelerate needs mitogen's strategy",
     ("defaults", "keep_remote_files"): "module arguments (a secret on stdin) must not stay on the hosts",
     ("defaults", "display_args_to_stdout"): "task arguments are not shown: they may hold a secret",
+    ("ssh_connection", "control_path_dir"): "a run's SSH connections live in its own directory and end with it",
+    ("ssh_connection", "control_path"): "a run's SSH connections live in its own directory and end with it",
 }
 # Settings of the team's that are left out, each with why.
 DROPPED = {
