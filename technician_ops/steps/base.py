@@ -314,12 +314,22 @@ def run_marker(run_id: str, phase: str) -> str:
     return f"{run_id}:{phase}"
 
 
-# Kills every process on the host whose environment carries the marker (argument 1), but itself.
+# Kills every process on the host whose environment carries the marker (argument 1), but itself.  One
+# grep reads every environment (NUL-separated: -z) in one pass: a host running thousands of processes is
+# searched in milliseconds, not the seconds a process per candidate took, while the stopped task may go on.
+# A grep without -z gets the slow loop.
 _STOP_SCRIPT = r"""marker="$1"
-for env in /proc/[0-9]*/environ; do
+if printf 'x\0' | grep -qxzF x 2>/dev/null; then
+  found=$(grep -lxzF -e "$marker" /proc/[0-9]*/environ 2>/dev/null)
+else
+  found=$(for env in /proc/[0-9]*/environ; do
+    tr '\0' '\n' < "$env" 2>/dev/null | grep -qxF "$marker" && echo "$env"
+  done)
+fi
+for env in $found; do
   pid=${env#/proc/}; pid=${pid%/environ}
   [ "$pid" = "$$" ] && continue
-  if tr '\0' '\n' < "$env" 2>/dev/null | grep -qxF "$marker"; then kill -KILL "$pid" 2>/dev/null; fi
+  kill -KILL "$pid" 2>/dev/null
 done
 exit 0
 """

@@ -155,7 +155,7 @@ SLOW_SSH = WRITE_ALL + f"""
 - ansible.builtin.shell: |
     touch {MARKER}/started
     trap '' TERM HUP
-    sleep 8
+    sleep 30
     touch {MARKER}-finished
 ```
 
@@ -189,10 +189,12 @@ def test_sigterm_over_ssh_stops_the_remote_task_before_the_undo(ssh_project, tes
     while not all((d / "started").exists() for d in base.values()):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.1)
+    started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
-    time.sleep(10)  # longer than the step's sleep
+    # Past the step's sleep (30 s: long enough that a loaded machine's stop, ~20 s seen, still comes first).
+    time.sleep(max(0.0, started + 32 - time.monotonic()))
     for name, d in base.items():
         finished = d.parent / "technician-ops-test-finished"  # outside what the undo removes
         assert not finished.exists(), f"{name}: the stopped task completed after the stop"
