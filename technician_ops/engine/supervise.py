@@ -5,7 +5,7 @@ ansible-runner starts this script on its pty instead of ``ansible-playbook``
 exit code.  It is the "child subreaper" of everything below it
 (``PR_SET_CHILD_SUBREAPER``): a process that Ansible, a module or a step's
 script starts stays its descendant even when its own parent exits or it
-starts a new session, so none can slip away.  It is there for three things:
+starts a new session, so none can slip away.  It is there for these:
 
 - **Stop means stopped.**  On SIGTERM, SIGINT or SIGHUP (technician-ops
   stopping the run: a signal from the operator, the runbook's ``timeout:``)
@@ -18,6 +18,11 @@ starts a new session, so none can slip away.  It is there for three things:
 - **Nothing is left behind.**  When ``ansible-playbook`` exits, whatever it
   left running below it (a step's ``cmd &`` on a local host, an SSH
   connection kept for reuse) is stopped the same way before this exits.
+- **One stop, whatever signals come.**  A killed technician-ops sends two
+  at once (its pty's hangup, SIGHUP, and ``PR_SET_PDEATHSIG``'s SIGTERM):
+  only the first interrupts (``_Stop``); later ones find the stop under way.
+  An interrupt in the middle of the stop would end this process and release
+  the lock with the run still going.
 - **The run's lock is held until then.**  technician-ops hands this process
   its lock file descriptor (``FD``); the kernel keeps the flock while any
   holder has it open, so a second run of the runbook waits (or is refused)
@@ -49,12 +54,29 @@ class _Stop(Exception):
         self.signum = signum
 
 
+# One _Stop per process.  A second stop signal raising _Stop again would interrupt the stop under way
+# (even signal.signal() runs a pending handler first) and end this process with the run still going.
+_armed = [True]
+
+
 def _raise_stop(signum: int, frame: object) -> None:
+    try:
+        _armed.pop()  # one C call: of two handlers, even nested ones, only one gets past it
+    except IndexError:
+        return  # already stopping: that stop covers this signal too
     raise _Stop(signum)
 
 
+def _stop_now(signum: int) -> _Stop:
+    _armed.clear()
+    return _Stop(signum)
+
+
 def _descendants(me: int) -> list[int]:
-    """Live descendants of ``me`` (zombies are dead: they are reaped as they come)."""
+    """Live descendants of ``me`` (zombies are dead: they are reaped as they come), to signal.
+
+    A snapshot of /proc, so it can miss a process forked while it reads; whether
+    any is left is ``_reap_all``'s answer, not this one's."""
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -75,15 +97,21 @@ def _descendants(me: int) -> list[int]:
     return out
 
 
-def _reap_all() -> None:
-    """Wait for every child that has exited (orphans come to us: we are their subreaper)."""
+def _reap_all(child: subprocess.Popen[bytes] | None) -> bool:
+    """Wait for every child that has exited; True when no child is left at all.
+
+    We are the subreaper: a descendant whose parent exits becomes our child, so
+    no child left means no descendant left, with no /proc snapshot to miss one.
+    ``child``'s exit code is kept when it is reaped here."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return True
         if pid == 0:
-            return
+            return False
+        if child is not None and pid == child.pid and child.returncode is None:
+            child.returncode = os.waitstatus_to_exitcode(status)
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -94,24 +122,17 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
-def stop_all(child: subprocess.Popen[bytes], grace: float) -> None:
+def stop_all(child: subprocess.Popen[bytes] | None, grace: float) -> None:
     """TERM every descendant, KILL what is left after ``grace``, return when none is left."""
+    _armed.clear()
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     me = os.getpid()
     _signal_all(_descendants(me), signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while True:
-        try:
-            child.poll()
-        except ChildProcessError:
-            pass
-        _reap_all()
-        left = _descendants(me)
-        if not left:
-            return
+    while not _reap_all(child):
         if time.monotonic() >= deadline:
-            _signal_all(left, signal.SIGKILL)
+            _signal_all(_descendants(me), signal.SIGKILL)
         time.sleep(_POLL)
 
 
@@ -128,16 +149,17 @@ def main(argv: list[str]) -> int:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
         if os.getppid() != parent:  # technician-ops died before the line above: stop now
-            raise _Stop(signal.SIGTERM)
+            raise _stop_now(signal.SIGTERM)
         child = subprocess.Popen(command)  # the lock fd is not passed on
         rc = child.wait()
-        if _descendants(os.getpid()):  # a step left something running (a `cmd &` on a local host): it goes too
+        if not _reap_all(child):  # a step left something running (a `cmd &` on a local host): it goes too
             stop_all(child, grace)
         return rc
     except _Stop as stop:
-        if child is not None:
-            stop_all(child, grace)
-            return child.returncode if child.returncode is not None else 128 + stop.signum
+        # Wherever the stop came, even inside Popen with ``child`` not yet set: whatever was started goes.
+        stop_all(child, grace)
+        if child is not None and child.returncode is not None:
+            return child.returncode
         return 128 + stop.signum
 
 

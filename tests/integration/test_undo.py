@@ -269,10 +269,12 @@ def test_sigkill_of_technician_ops_stops_the_run_and_holds_the_lock_until_it_is_
     lock = demo.root / ".technician-ops" / "locks" / "slow.lock"
     # The step ignores SIGTERM, so its process lives through the supervisor's grace period:
     # all that time the lock must stay held, and a second run must be refused.
+    # The lock first, then the processes: no process of the run starts once it is killed, so one seen
+    # alive after the lock was seen free was alive while it was free.  (The other way round, a process
+    # that died, and let the supervisor release the lock, between the two looks would fail the test.)
     saw_held = False
     deadline = time.monotonic() + 30
     while True:
-        alive = run_processes(demo)
         with open(lock, "a") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -280,6 +282,7 @@ def test_sigkill_of_technician_ops_stops_the_run_and_holds_the_lock_until_it_is_
                 fcntl.flock(fh, fcntl.LOCK_UN)
             except BlockingIOError:
                 free = False
+        alive = run_processes(demo)
         assert not (free and alive), f"the lock was free while the run's processes lived: {alive}"
         if not free and alive and not saw_held:
             saw_held = True

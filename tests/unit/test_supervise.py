@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -55,3 +56,46 @@ def test_what_a_finished_command_left_running_is_stopped_before_the_exit_code_is
     proc = _supervise(f"(exec -a {marker} sleep 60) & exit 3")
     assert proc.wait(timeout=15) == 3
     assert _alive(marker) == []
+
+
+def _lock_is_free(path: Path) -> bool:
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
+
+
+def test_two_stop_signals_at_once_still_stop_everything_before_the_lock_goes(tmp_path: Path) -> None:
+    """technician-ops SIGKILLed: its pty hangs up (SIGHUP) and PR_SET_PDEATHSIG sends SIGTERM, together.
+    The second signal once interrupted the stop the first began: the supervisor died at once, the lock
+    with it, and the step ran on to its end."""
+    marker = f"tops-{uuid.uuid4().hex}"
+    ready, finished, lock = tmp_path / "ready", tmp_path / "finished", tmp_path / "run.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    script = f"trap '' TERM; touch {ready}; (exec -a {marker} sleep 30); touch {finished}"
+    proc = subprocess.Popen([sys.executable, "-S", "-E", str(SUPERVISE), str(fd), str(os.getpid()), "1.0",
+                             "--", "/bin/bash", "-c", script], pass_fds=(fd,), start_new_session=True)
+    os.close(fd)  # the supervisor alone holds the lock now
+    deadline = time.monotonic() + 10
+    while not (ready.exists() and _alive(marker)):
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.02)
+    # Both pending before it runs again, as when a loaded machine schedules it late (SIGSTOP: no handler runs).
+    os.kill(proc.pid, signal.SIGSTOP)
+    os.kill(proc.pid, signal.SIGHUP)
+    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, signal.SIGCONT)
+    while proc.poll() is None:
+        free = _lock_is_free(lock)  # first the lock, then the processes: free before, alive after, is a real overlap
+        alive = _alive(marker)
+        assert not (free and alive), f"the lock was free while the command's processes lived: {alive}"
+        assert time.monotonic() < deadline + 15, "the supervisor never finished its stop"
+        time.sleep(0.02)
+    assert _alive(marker) == [], "the supervisor exited before the command's processes were gone"
+    assert proc.returncode != 1, "the supervisor died of an exception, not of the stop"
+    assert _lock_is_free(lock)
+    assert not finished.exists()  # the command was stopped, not left to finish
