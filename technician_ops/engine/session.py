@@ -104,6 +104,7 @@ class Session:
     def __init__(self, project: Project, bus: Bus, audit: Any, cancelled: Cancelled | None = None) -> None:
         self.project, self.bus, self.audit, self.cancelled = project, bus, audit, cancelled
         self.masters: Any = None  # the run's SSH connections (ssh_masters.Masters), from preflight to the end
+        self.accelerated = False
 
     def close_masters(self) -> None:
         if self.masters is not None:
@@ -213,6 +214,7 @@ class Session:
                                "those hosts run without pipelining, each task a few round trips slower")
             pdd = ensure_private_dir(ensure_private_dir(ensure_private_dir(project.state_dir) / "runs") / work.header["run_id"])
             plan = sized(work.plan, project, inventory, targets, accelerated=strategy_dir is not None)
+            self.accelerated = strategy_dir is not None
             files = write_plan(plan, pdd, project.state_dir, inventory.local_hosts_without_python() if inventory else [],
                                accelerate=strategy_dir, base_config=base, notices=notices,
                                control_dir=self.masters.directory if self.masters is not None else None,
@@ -240,6 +242,8 @@ class Session:
             with ControlServer(handlers) as control:
                 env = {**control.env, ENV_RUN_ID: plan.run_id, ENV_STATE_DIR: str(project.state_dir),
                        "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}
+                if self.accelerated:  # over the caller's ANSIBLE_DEPRECATION_WARNINGS too (files.ACCELERATED_REQUIRED)
+                    env["ANSIBLE_DEPRECATION_WARNINGS"] = "False"
                 if self.masters is not None:  # over an ANSIBLE_SSH_CONTROL_PATH* of the caller's: the run's own
                     from technician_ops.plan.files import CONTROL_PATH
 

@@ -103,8 +103,10 @@ def read(path: Path) -> BaseConfig:
     return BaseConfig(path, hashlib.sha256(data).hexdigest(), settings)
 
 
-def merge(ours: Settings, base: BaseConfig | None) -> tuple[str, list[str]]:
-    """The effective ansible.cfg text, and a notice for each of the team's settings ours replaced."""
+def merge(ours: Settings, base: BaseConfig | None,
+          required: Mapping[tuple[str, str], str] = REQUIRED) -> tuple[str, list[str]]:
+    """The effective ansible.cfg text, and a notice for each of the team's settings ours replaced
+    (``required``: ours always, each with why)."""
     settings: Settings = {s: dict(v) for s, v in (base.settings if base else {}).items()}
     notices: list[str] = []
     for (section, key), why in DROPPED.items():
@@ -116,10 +118,10 @@ def merge(ours: Settings, base: BaseConfig | None) -> tuple[str, list[str]]:
             theirs = target.get(key)
             if theirs is None or theirs == value:
                 target[key] = value
-            elif (section, key) in REQUIRED:
+            elif (section, key) in required:
                 target[key] = value
                 notices.append(f"{base.path if base else 'ansible.cfg'}: [{section}] {key} = {theirs} is replaced "
-                               f"by {value}: {REQUIRED[(section, key)]}")
+                               f"by {value}: {required[(section, key)]}")
             elif (section, key) in FIRST:
                 target[key] = ":".join(dict.fromkeys([*value.split(":"), *theirs.split(":")]))
             elif (section, key) in APPENDED:

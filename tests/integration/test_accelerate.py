@@ -45,3 +45,34 @@ def test_unusable_mitogen_falls_back_to_linear_with_one_notice(demo, monkeypatch
     assert notices == ["--accelerate: mitogen is not installed; running with the linear strategy"]
     assert result.artifact_dir is not None
     assert "strategy = mitogen_linear" not in (demo.project().state_dir / "runs" / result.run_id / "ansible.cfg").read_text()
+
+
+def test_accelerated_run_keeps_ansibles_strategy_deprecation_out(demo, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """ansible-core 2.19 deprecates every strategy outside ansible.builtin, mitogen's included, and has no
+    other way for it (docs/performance.md).  A team file or the caller's environment turning deprecation
+    warnings on must not bring that warning into every accelerated run: the run says why it overrides them."""
+    found = accelerate.check()
+    if not found.usable:
+        pytest.skip(f"mitogen cannot drive this Ansible: {found.reason}")
+    project = demo.project()
+    (project.root / "ansible.cfg").write_text("[defaults]\ndeprecation_warnings = True\n")
+    monkeypatch.setenv("ANSIBLE_DEPRECATION_WARNINGS", "1")
+    try:
+        result, events = run_demo(demo, "disk-usage-check", {}, accelerate=True, run_id="t-accel-deprecation")
+    finally:
+        (project.root / "ansible.cfg").unlink()
+    assert result.outcome is Outcome.SUCCEEDED
+    run_dir = project.state_dir / "runs" / result.run_id
+    assert "strategy = mitogen_linear" in (run_dir / "ansible.cfg").read_text()
+    stdout = (run_dir / "artifacts" / "run" / "stdout").read_text()
+    assert "mitogen_linear" not in stdout and "strategy plugins not included" not in stdout
+    notices = [e["message"] for e in events if e["event"] == "notice"]
+    assert any("deprecation_warnings = True is replaced by False: under --accelerate" in n for n in notices), notices
+
+    # Without --accelerate the team's setting stands.
+    (project.root / "ansible.cfg").write_text("[defaults]\ndeprecation_warnings = True\n")
+    try:
+        result, events = run_demo(demo, "disk-usage-check", {}, accelerate=False, run_id="t-linear-deprecation")
+    finally:
+        (project.root / "ansible.cfg").unlink()
+    assert "deprecation_warnings = True" in (project.state_dir / "runs" / result.run_id / "ansible.cfg").read_text()
