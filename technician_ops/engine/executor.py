@@ -300,6 +300,7 @@ def execute(
         "MAX_EVENT_RES": os.environ.get("MAX_EVENT_RES", str(MAX_EVENT_RES)),
         **envvars,
     }
+    events = _EventFiles(tracker)
     supervision = Supervision(lock_fd, grace)
     stopper = _Stopper(supervision, cancel, timeout, tracker)
     supervise(supervision)
@@ -314,7 +315,7 @@ def execute(
             cmdline=" ".join(_quote(c) for c in cmdline) or None,
             inventory=[str(i) for i in inventory],
             envvars=env,
-            event_handler=tracker.handle,
+            event_handler=events.handle,
             # Ours does the stopping (_Stopper); given none, ansible-runner would install SIGTERM/SIGINT
             # handlers of its own and kill only its direct child.  Should ansible-runner ever start its
             # child without our supervisor (runner_pty could not hook its spawn), its own cancel is the
@@ -330,6 +331,7 @@ def execute(
         )
         # What the execution (and ansible-runner's artifacts/<ident>/command) gets: no credentials.
         runner.config.env, _ = environ.split(runner.config.env, env)
+        events.directory = Path(runner.config.artifact_dir) / "job_events"
         runner.run()
     except BaseException:  # a second Ctrl-C, a crash of ours: stop the execution before anything else
         stopper.stop_now("interrupted")
@@ -340,6 +342,44 @@ def execute(
     rc = runner.rc if isinstance(runner.rc, int) else 1
     tracker.finish(rc, stopped=stopper.reason is not None)
     return ExecutionResult(rc, str(runner.status), Path(runner.config.artifact_dir), stopper.reason)
+
+
+class _EventFiles:
+    """The event handler ansible-runner calls: the tracker's, then the event's file written here.
+
+    ansible-runner writes each event it is told to keep (``N-UUID.json``, what
+    ``past_runs`` replays after a crash) with ``json.dump`` into a ``codecs``
+    writer, a call per JSON token: 0.3-0.7 ms of the controller's CPU per
+    event, most of the tool's own share of a run over many hosts.  The same
+    file, written here from one ``json.dumps`` (the handler returns False, so
+    ansible-runner does not write it again), costs under half of that.
+    """
+
+    def __init__(self, tracker: StepTracker) -> None:
+        self.tracker = tracker
+        self.directory: Path | None = None  # the execution's job_events/ (known once ansible-runner set up)
+
+    def handle(self, event: dict[str, Any]) -> bool:
+        self.tracker.handle(event)
+        if self.directory is None or "uuid" not in event:
+            return True  # not set up as expected: ansible-runner writes it, as before
+        import json
+
+        path = self.directory / f"{event.get('counter')}-{event['uuid']}.json"
+        temporary = path.with_name(path.name + ".tmp")
+        try:
+            data = json.dumps(event).encode("utf-8")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(temporary, path)
+        except (OSError, TypeError, ValueError):
+            return True  # let ansible-runner try (and report) as it would have
+        return False
 
 
 class _Stopper(threading.Thread):
