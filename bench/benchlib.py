@@ -295,7 +295,12 @@ class BenchProject:
 
     def run_raw_forks(self, forks: int) -> float:
         """The compiled playbook with only ``forks`` changed (to test a generated-config change)."""
-        env = child_env(ANSIBLE_CONFIG=str(self.compiled / "ansible.cfg"), ANSIBLE_FORKS=str(forks), **self.env)
+        return self.run_raw_with(ANSIBLE_FORKS=str(forks))
+
+    def run_raw_with(self, **settings: str) -> float:
+        """The compiled playbook with Ansible settings changed through the environment (a candidate default)."""
+        self.before()
+        env = child_env(ANSIBLE_CONFIG=str(self.compiled / "ansible.cfg"), **{**self.env, **settings})
         cmd = [ansible_playbook(), "-i", str(self.inventory), "-i", str(self.compiled / "controller-inventory.yml"),
                str(self.compiled / "project" / "main.yml")]
         return timed(cmd, cwd=self.compiled, env=env)

@@ -561,7 +561,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"- {sc['hosts']} local hosts x {sc['steps']} steps: run {sc['run_s']} s; the tool's own CPU "
                      f"{sc['tool_cpu_s']} s of {sc['total_cpu_s']} s ({sc['tool_cpu_share'] * 100:.1f} %), "
                      f"{sc['tool_cpu_ms_per_host_step']} ms per host and step; tool peak memory {sc['tool_peak_mib']} MiB; "
-                     f"record {sc['record_mb']} MB ({sc['events']} events); show {sc['show_s']} s")
+                     f"record {sc['record_mb']} MB; show {sc['show_s']} s; at {sc['at_tenth']['hosts']} hosts: "
+                     f"{sc['at_tenth']['tool_cpu_ms_per_host_step']} ms per host and step, share "
+                     f"{sc['at_tenth']['tool_cpu_share'] * 100:.1f} %, record {sc['at_tenth']['record_mb']} MB")
     return "\n".join(lines) + "\n"
 
 
@@ -600,6 +602,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", help="comma-separated sections: run,naive,startup,lint,audit,events,show, and the "
                                   "SSH/scale ones, never run by default: ssh,ssh-slow,scale")
     p.add_argument("--ssh-hosts", default="10,50", help="SSH test bed sizes of the ssh section (default 10,50)")
+    p.add_argument("--ssh-variants", default="",
+                   help="ssh: also the compiled playbook with one setting changed: free,forks10,no_pipelining")
     p.add_argument("--slow-ms", type=int, default=20, help="ssh-slow: delay each way per host (default 20)")
     p.add_argument("--slow-hosts", type=int, default=10, help="ssh-slow: hosts (default 10)")
     p.add_argument("--scale-hosts", type=int, default=1000, help="scale: local hosts (default 1000)")
@@ -679,7 +683,9 @@ def main(argv: list[str] | None = None) -> int:
             if "ssh" in args.sections:
                 for n in args.ssh_host_list:
                     probes[f"ssh-{n}"] = speed_probe()
-                    results["ssh"][str(n)] = ssh.bench_ssh(base, n, args.reps, log, warmup=0 if args.quick else 1)
+                    results["ssh"][str(n)] = ssh.bench_ssh(base, n, args.reps, log, warmup=0 if args.quick else 1,
+                                                           accelerate=not args.quick,
+                                                           variants=tuple(v for v in args.ssh_variants.split(",") if v))
             if "ssh-slow" in args.sections:
                 probes["ssh-slow"] = speed_probe()
                 results["ssh"][f"{args.slow_hosts}@{args.slow_ms}ms"] = ssh.bench_ssh(

@@ -17,6 +17,7 @@ file's mtime).
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import subprocess
@@ -91,9 +92,18 @@ class Bed:
             self.bed.slow(h, ms)
 
 
+# Candidate defaults, timed as the compiled playbook with one setting changed (--ssh-variants).
+VARIANTS = {
+    "free": {"ANSIBLE_STRATEGY": "free"},
+    "forks10": {"ANSIBLE_FORKS": "10"},
+    "no_pipelining": {"ANSIBLE_PIPELINING": "False"},
+}
+
+
 def bench_ssh(base: Path, n: int, reps: int, log: Callable[[str], None], *, slow_ms: int = 0,
-              accelerate: bool = True, warmup: int = 1) -> dict[str, Any]:
-    """run / raw / naive (/ run --accelerate), interleaved, over ``n`` sshd hosts (each ``slow_ms`` away)."""
+              accelerate: bool = True, warmup: int = 1, variants: tuple[str, ...] = ()) -> dict[str, Any]:
+    """run / raw / naive (/ run --accelerate), interleaved, over ``n`` sshd hosts (each ``slow_ms`` away);
+    ``variants``: also the compiled playbook with one setting changed (VARIANTS)."""
     from technician_ops.engine import accelerate as accel
 
     usable = accel.check() if accelerate else None
@@ -120,6 +130,8 @@ def bench_ssh(base: Path, n: int, reps: int, log: Callable[[str], None], *, slow
                  "naive": measured("naive", proj.run_naive)}
         if usable is not None and usable.usable:
             sides["accelerate"] = measured("accelerate", proj.run_accelerated)
+        for name in variants:
+            sides[f"raw_{name}"] = measured(f"raw_{name}", functools.partial(proj.run_raw_with, **VARIANTS[name]))
         log(f"SSH{f' +{slow_ms} ms each way' if slow_ms else ''}: {' / '.join(sides)}, {n} host(s), {reps} reps")
         peaks: dict[str, list[float]] = {}
         samples = interleave(sides, reps, warmup, peaks)

@@ -110,3 +110,41 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert all(isinstance(row["met"], bool) and row["value"] > 0 for row in figures.values())
     md = json_file.with_suffix(".md").read_text()
     assert "| run_vs_raw_1 |" in md and "<= 1.15 x raw" in md
+
+
+@pytest.mark.integration
+@pytest.mark.testbed
+def test_quick_ssh_and_scale_sections_write_their_figures(tmp_path: Path) -> None:
+    """bench/ssh.py over a 2-host SSH test bed (its own prefix and subnet) and bench/scale.py at 20 hosts."""
+    from tests.support.testbed import testbed_unavailable
+
+    reason = testbed_unavailable()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--reps", "1", "--only", "ssh,scale",
+                           "--ssh-hosts", "2", "--ssh-variants", "free", "--scale-hosts", "20", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [json_file] = list(out.glob("*.json"))
+    data = json.loads(json_file.read_text())
+    two = data["ssh"]["2"]
+    assert two["hosts"] == 2 and two["slow_ms"] == 0
+    assert {"run", "raw", "naive", "raw_free"} <= set(two["medians_s"]) and min(two["medians_s"].values()) > 0
+    assert two["ratio"] > 0 and two["run_vs_naive"] > 0
+    # The first change is the host's own file time, after the command started and before it ended.
+    for side, first in two["first_change_s"].items():
+        assert 0 < first < two["medians_s"][side] + 1, side
+    scale = data["scale"]
+    assert scale["hosts"] == 20 and scale["at_tenth"]["hosts"] == 2
+    assert 0 < scale["tool_cpu_s"] < scale["total_cpu_s"] and 0 < scale["tool_cpu_share"] < 1
+    assert 0 < scale["record_mb"] < 2 and 0 < scale["show_s"] < 30 and scale["tool_peak_mib"] > 10
+    figures = {row["figure"] for row in data["verdicts"]}
+    assert {"ssh_run_vs_raw_2", "ssh_run_vs_naive_2", "scale_tool_cpu_share_20", "scale_record_mb_20",
+            "scale_show_s_20"} <= figures
+    md = json_file.with_suffix(".md").read_text()
+    assert "2 SSH hosts:" in md and "20 local hosts x 5 steps" in md
+    # The bench's bed is gone: no namespace of its prefix is left.
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "bnch-" not in netns
