@@ -114,7 +114,9 @@ class Masters:
             started[spec.name] = (spec, subprocess.Popen(
                 self.argv(spec, timeout, become), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, preexec_fn=_die_with_parent, start_new_session=True))
-        failed = self._wait_ready(started, timeout + 2.0)
+        # ConnectTimeout bounds reaching each host; the handshakes then share the controller's CPU (~0.1 s of it
+        # each, as much on a host of a test bed on the same machine): a bigger fleet gets more time to be ready.
+        failed = self._wait_ready(started, timeout + 2.0 + 0.2 * len(started))
         if not failed:
             return []
         bad = [started[name][0] for name in failed]
