@@ -246,10 +246,7 @@ def test_sigterm_stops_the_execution_then_undoes_what_it_may_have_changed(demo, 
 def test_the_runbook_timeout_stops_the_step_before_the_rollback(demo) -> None:  # type: ignore[no-untyped-def]
     _slow_runbook(demo)
     path = demo.root / "runbooks" / "slow.md"
-    # 6 s: the first step and the start of the slow one fit in it on a loaded machine (3 s did not, under
-    # pytest-xdist: the timeout hit before web1 reached the slow step); the slow step's 8 s still outlive it,
-    # and the 9 s below still outlast the step's end (it starts within 6 s, the run ends after 6 s)
-    path.write_text(path.read_text().replace("hosts: web\n", "hosts: web\ntimeout: 6s\n", 1))
+    path.write_text(path.read_text().replace("hosts: web\n", "hosts: web\ntimeout: 3s\n", 1))
     proc = cli(demo, "run", "slow")
     assert proc.returncode == ExitCode.ROLLED_BACK, proc.stdout + proc.stderr
     assert run_processes(demo) == []
