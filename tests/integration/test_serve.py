@@ -257,6 +257,28 @@ def records(demo: DemoProject, runbook: str | None = None, *, finished: bool = T
     return sorted(out, key=lambda r: str(r.get("started_at")))
 
 
+def descendants(pid: int) -> set[str]:
+    """The command lines of every process below ``pid``."""
+    parent: dict[int, int] = {}
+    cmd: dict[int, str] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+                cmd[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            parent[int(proc.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found = set()
+    for p in parent:
+        q = p
+        while q in parent and q != pid:
+            q = parent[q]
+        if q == pid and p != pid:
+            found.add(cmd[p])
+    return found
+
+
 def fingerprint_of(record: dict[str, Any]) -> str | None:
     return ((record.get("origin") or {}).get("alert") or {}).get("fingerprint")
 
@@ -444,6 +466,9 @@ def test_sigterm_drains_runs_then_stops_what_outlives_the_deadline(serve: Callab
                        alert("c2", alertname="SlowToo", instance="web2", pause="120"))[0] == 202
     wait_for("both runs to start", lambda: served.get("/healthz")[2]["busy"] == 2, 20)
     wait_for("both runs in their step", lambda: len(records(project, finished=False)) == 2, 20)
+    # ...and both steps really sleeping: the drain deadline is measured from here, not from the
+    # records (on a loaded machine ansible can take seconds between the two)
+    wait_for("both steps sleeping", lambda: {"sleep 3", "sleep 120"} <= descendants(served.proc.pid), 60)
     started = time.monotonic()
     served.proc.send_signal(signal.SIGTERM)
 

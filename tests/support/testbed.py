@@ -3,7 +3,10 @@
 ``testbed`` brings the bed up once per session and always removes it, even when
 tests fail.  It uses its own prefix (``tbt``), subnet (``10.203.1.0/24``) and a
 temporary state dir, so a bed a developer started with ``testbed/up`` is left
-alone.  ``testbed_faults`` is the same bed for a test that breaks hosts: every
+alone.  Under pytest-xdist every worker brings up a bed of its own: worker
+``gwN`` uses the prefix ``tbtN`` and the subnet ``10.203.(11+N).0/24`` (the
+third octet of ``TOPS_TEST_TESTBED_SUBNET`` plus N when that is set), so
+workers never share or sweep each other's hosts.  ``testbed_faults`` is the same bed for a test that breaks hosts: every
 fault is healed after the test.
 
 Environment: ``TOPS_TEST_TESTBED_HOSTS`` (default 3),
@@ -22,6 +25,27 @@ from testbed.testbed import Testbed, TestbedError
 
 TEST_PREFIX = os.environ.get("TOPS_TEST_TESTBED_PREFIX", "tbt")
 TEST_SUBNET = os.environ.get("TOPS_TEST_TESTBED_SUBNET", "10.203.1.0/24")
+XDIST_SUBNET_BASE = 11  # worker gwN: 10.203.(11+N).0/24 by default
+
+
+def worker_index() -> int | None:
+    """N for the pytest-xdist worker ``gwN``; None outside xdist (or on its controller)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else None
+
+
+def bed_prefix_and_subnet() -> tuple[str, str]:
+    """This process's test bed prefix and subnet: one per xdist worker, never shared."""
+    n = worker_index()
+    if n is None:
+        return TEST_PREFIX, TEST_SUBNET
+    prefix = f"{TEST_PREFIX}{n}"
+    octets = TEST_SUBNET.split("/")[0].split(".")
+    third = int(octets[2]) + n if "TOPS_TEST_TESTBED_SUBNET" in os.environ else XDIST_SUBNET_BASE + n
+    if len(prefix) > 6 or third > 255:
+        raise RuntimeError(f"xdist worker gw{n}: no room for a test bed prefix/subnet "
+                           f"(prefix {prefix!r}, third octet {third})")
+    return prefix, f"{octets[0]}.{octets[1]}.{third}.0/24"
 
 
 def testbed_unavailable() -> str | None:
@@ -39,11 +63,12 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     reason = testbed_unavailable()
     if reason:
         pytest.skip(reason)
+    prefix, subnet = bed_prefix_and_subnet()
     bed = Testbed(
         tmp_path_factory.mktemp("testbed"),
         hosts=int(os.environ.get("TOPS_TEST_TESTBED_HOSTS", "3")),
-        prefix=TEST_PREFIX,
-        subnet=TEST_SUBNET,
+        prefix=prefix,
+        subnet=subnet,
     )
     bed.down(sweep=True)  # leftovers of a test session that was killed
     try:
