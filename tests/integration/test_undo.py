@@ -197,8 +197,8 @@ def test_undo_backup_without_a_backup_on_a_host_needs_a_human(demo) -> None:  # 
 # ------------------------------------------------------------------- stopping
 
 
-def _slow_runbook(demo) -> None:  # type: ignore[no-untyped-def]
-    """Four steps; the second one sleeps 8 s ignoring SIGTERM, so it is in flight when the test stops the run."""
+def _slow_runbook(demo, seconds: int = 8) -> None:  # type: ignore[no-untyped-def]
+    """Four steps; the second one sleeps ``seconds`` ignoring SIGTERM, so it is in flight when the test stops the run."""
     demo.write_runbook("slow", HEAD
                        + step("first", '- ansible.builtin.copy: {dest: "{{ state_dir }}/first", content: "1\\n"}')
                        + undo("first", '- ansible.builtin.file: {path: "{{ state_dir }}/first", state: absent}\n'
@@ -207,9 +207,9 @@ def _slow_runbook(demo) -> None:  # type: ignore[no-untyped-def]
 - ansible.builtin.shell: |
     touch "{{ state_dir }}/started"
     trap '' TERM
-    sleep 8
+    sleep %d
     touch "{{ state_dir }}/finished"
-""") + undo("slow", '- ansible.builtin.file: {path: "{{ state_dir }}/started", state: absent}\n' + log("undo-slow"))
+""" % seconds) + undo("slow", '- ansible.builtin.file: {path: "{{ state_dir }}/started", state: absent}\n' + log("undo-slow"))
                        + step("third", '- ansible.builtin.copy: {dest: "{{ state_dir }}/third", content: "3\\n"}')
                        + undo("third", log("undo-third"))
                        + step("fourth", '- ansible.builtin.copy: {dest: "{{ state_dir }}/fourth", content: "4\\n"}')
@@ -244,13 +244,16 @@ def test_sigterm_stops_the_execution_then_undoes_what_it_may_have_changed(demo, 
 
 
 def test_the_runbook_timeout_stops_the_step_before_the_rollback(demo) -> None:  # type: ignore[no-untyped-def]
-    _slow_runbook(demo)
+    # The timeout must fall inside the slow step on both hosts, however loaded the machine: 12 s for the
+    # first step and the slow one's start, which then sleeps 30 s.  The shell that would write "finished"
+    # is gone (run_processes), so it never can.
+    _slow_runbook(demo, seconds=30)
     path = demo.root / "runbooks" / "slow.md"
-    path.write_text(path.read_text().replace("hosts: web\n", "hosts: web\ntimeout: 3s\n", 1))
+    path.write_text(path.read_text().replace("hosts: web\n", "hosts: web\ntimeout: 12s\n", 1))
     proc = cli(demo, "run", "slow")
     assert proc.returncode == ExitCode.ROLLED_BACK, proc.stdout + proc.stderr
     assert run_processes(demo) == []
-    time.sleep(9)
+    time.sleep(2)
     _assert_later_steps_never_ran(demo)
     for host in ("web1", "web2"):
         assert journal(demo, host) == ["undo-slow", "undo-first"], host
