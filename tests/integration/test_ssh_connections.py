@@ -4,7 +4,6 @@ reused by every execution, gone when the run ends, even when technician-ops is k
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +15,11 @@ import pytest
 from technician_ops.api import RunRequest, run
 from technician_ops.events import Outcome
 from technician_ops.project import load_project
+from tests.integration.test_ssh_runs import MARKER, ssh_project  # noqa: F401 - a fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.testbed]
 
-DIR = "/srv/technician-ops-conn"
+DIR = MARKER  # test_ssh_runs.ssh_project removes it after each test
 
 # Two steps, then a failure: the forward execution and the undo execution both reach every host.
 FAILS_LAST = f"""---
@@ -61,17 +61,6 @@ hosts: all
 """
 
 
-@pytest.fixture
-def project(tmp_path: Path, testbed_faults):  # type: ignore[no-untyped-def]
-    root = tmp_path / "proj"
-    (root / "runbooks").mkdir(parents=True)
-    (root / "inventory").mkdir()
-    shutil.copy(testbed_faults.inventory_path, root / "inventory" / "hosts.ini")
-    yield root
-    for host in testbed_faults.hosts:
-        shutil.rmtree(testbed_faults.private_dir(host, "/srv") / "technician-ops-conn", ignore_errors=True)
-
-
 def accepted(bed) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """Per host, the SSH logins its sshd has accepted so far (its log, LogLevel INFO)."""
     out = {}
@@ -97,33 +86,33 @@ def run_masters() -> list[str]:
     return found
 
 
-def test_a_run_connects_once_per_host_and_its_undo_reuses_it(project, testbed_faults) -> None:  # type: ignore[no-untyped-def]
-    (project / "runbooks" / "fails.md").write_text(FAILS_LAST)
+def test_a_run_connects_once_per_host_and_its_undo_reuses_it(ssh_project, testbed_faults) -> None:  # type: ignore[no-untyped-def]
+    (ssh_project / "runbooks" / "fails.md").write_text(FAILS_LAST)
     before = accepted(testbed_faults)
     from technician_ops.outputs.console import TextView
 
-    result = run(RunRequest("fails", run_id="conn-fails"), load_project(project, environ={}), [TextView()])
+    result = run(RunRequest("fails", run_id="conn-fails"), load_project(ssh_project, environ={}), [TextView()])
     assert result.outcome is Outcome.ROLLED_BACK
     assert result.rollback["steps"] == ["second", "first"]
     for h in testbed_faults.hosts:
-        assert not (testbed_faults.private_dir(h, "/srv") / "technician-ops-conn").exists(), h.name
+        assert not (testbed_faults.private_dir(h, "/srv") / "technician-ops-test").exists(), h.name
     after = accepted(testbed_faults)
     # Preflight, three steps and the undo execution: one login per host, the one preflight opened.
     assert {h: after[h] - before[h] for h in after} == {h.name: 1 for h in testbed_faults.hosts}
     assert run_masters() == []
-    cfg = (project / ".technician-ops" / "runs" / "conn-fails" / "ansible.cfg").read_text()
+    cfg = (ssh_project / ".technician-ops" / "runs" / "conn-fails" / "ansible.cfg").read_text()
     assert "control_path = %(directory)s/%%C" in cfg
     control_dir = next(line.split("=", 1)[1].strip() for line in cfg.splitlines() if line.startswith("control_path_dir"))
     assert Path(control_dir).name.startswith("tops-ssh-") and not Path(control_dir).exists()
 
 
-def test_the_callers_control_path_does_not_take_the_runs_connections_elsewhere(project, testbed_faults,
+def test_the_callers_control_path_does_not_take_the_runs_connections_elsewhere(ssh_project, testbed_faults,
                                                                                tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    (project / "runbooks" / "fails.md").write_text(FAILS_LAST)
+    (ssh_project / "runbooks" / "fails.md").write_text(FAILS_LAST)
     elsewhere = tmp_path / "cp"
     elsewhere.mkdir()
     before = accepted(testbed_faults)
-    proc = subprocess.run([sys.executable, "-m", "technician_ops.cli", "--project", str(project), "run", "fails"],
+    proc = subprocess.run([sys.executable, "-m", "technician_ops.cli", "--project", str(ssh_project), "run", "fails"],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "ANSIBLE_SSH_CONTROL_PATH_DIR": str(elsewhere)})
     assert proc.returncode == 3, proc.stdout + proc.stderr  # rolled back
@@ -133,11 +122,11 @@ def test_the_callers_control_path_does_not_take_the_runs_connections_elsewhere(p
     assert run_masters() == []
 
 
-def test_killed_outright_its_connections_die_with_it(project, testbed_faults) -> None:  # type: ignore[no-untyped-def]
-    (project / "runbooks" / "slow.md").write_text(SLOW)
-    proc = subprocess.Popen([sys.executable, "-m", "technician_ops.cli", "--project", str(project), "run", "slow"],
+def test_killed_outright_its_connections_die_with_it(ssh_project, testbed_faults) -> None:  # type: ignore[no-untyped-def]
+    (ssh_project / "runbooks" / "slow.md").write_text(SLOW)
+    proc = subprocess.Popen([sys.executable, "-m", "technician_ops.cli", "--project", str(ssh_project), "run", "slow"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started = [testbed_faults.private_dir(h, "/srv") / "technician-ops-conn" / "started" for h in testbed_faults.hosts]
+    started = [testbed_faults.private_dir(h, "/srv") / "technician-ops-test" / "started" for h in testbed_faults.hosts]
     deadline = time.monotonic() + 120
     while not all(p.exists() for p in started):
         assert time.monotonic() < deadline and proc.poll() is None, "the slow step never started everywhere"
