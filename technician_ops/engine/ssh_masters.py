@@ -57,12 +57,43 @@ _REMOTE_BECOME = ("if command -v sudo >/dev/null 2>&1 && sudo -n true 2>&1 </dev
                   "then echo {requiretty}; fi; echo {ready}; exec cat >/dev/null")
 
 
+PREFIX = "tops-ssh-"
+
+
 def control_dir() -> Path:
-    """A fresh private directory for the run's control sockets.
+    """A fresh private directory for the run's control sockets, named by our pid.
 
     Short on purpose: a Unix socket path has 108 bytes, and ``%C`` is 40 of them.
+    A run that was killed outright could not remove its directory (its masters
+    died with it and took their sockets): the directories of dead pids are
+    removed here first, the next time a run starts.
     """
-    return Path(tempfile.mkdtemp(prefix="tops-ssh-"))
+    base = Path(tempfile.gettempdir())
+    sweep(base)
+    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))
+
+
+def sweep(base: Path) -> None:
+    """Remove our own control directories whose process is gone."""
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    uid = os.geteuid()
+    for entry in entries:
+        if not entry.name.startswith(PREFIX):
+            continue
+        pid = entry.name[len(PREFIX):].split("-", 1)[0]
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != uid \
+                    or not pid.isdigit():
+                continue
+            os.kill(int(pid), 0)
+            continue  # alive (or a new process with that pid: left alone)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
 
 
 def usable(spec: HostSpec) -> bool:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -138,3 +139,13 @@ def test_killed_outright_its_connections_die_with_it(ssh_project, testbed_faults
     while run_masters() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert run_masters() == []
+    # Its directory could not be removed by the killed run: the next run's start does.
+    from technician_ops.engine import ssh_masters
+
+    left = list(Path(tempfile.gettempdir()).glob(f"{ssh_masters.PREFIX}{proc.pid}-*"))
+    assert len(left) == 1
+    fresh = ssh_masters.control_dir()
+    try:
+        assert not left[0].exists()
+    finally:
+        fresh.rmdir()
