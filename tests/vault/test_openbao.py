@@ -154,6 +154,27 @@ def test_approle_login(bao_server: OpenBaoServer, root: Any, secret_path: str, t
     assert secret_id not in shown and wrong not in shown
 
 
+def wait_for_kv_v2(client: Any, mount: str, timeout: float = 20.0) -> None:
+    """A new KV v2 mount upgrades itself in the background and answers "Upgrading from non-versioned to
+    versioned data" meanwhile (seen under parallel test load): wait until a read gets its real answer."""
+    import time
+
+    import hvac.exceptions
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.secrets.kv.v2.read_secret_version(path="technician-ops-probe", mount_point=mount,
+                                                     raise_on_deleted_version=True)
+            return
+        except hvac.exceptions.InvalidPath:
+            return  # not found: the mount answers
+        except hvac.exceptions.InvalidRequest as exc:
+            if "upgrading" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def test_namespace(bao_server: OpenBaoServer, root: Any, tmp_path: Path) -> None:
     ns = "team-" + secrets.token_hex(3)
     root.sys.create_namespace(path=ns)
@@ -161,6 +182,7 @@ def test_namespace(bao_server: OpenBaoServer, root: Any, tmp_path: Path) -> None
     ns_root.adapter.namespace = ns
     ns_root.session.headers["X-Vault-Namespace"] = ns
     ns_root.sys.enable_secrets_engine("kv", path="kv", options={"version": "2"})
+    wait_for_kv_v2(ns_root, "kv")
     ns_root.secrets.kv.v2.create_or_update_secret(
         path="app/db", secret={"password": "in-namespace"}, mount_point="kv"
     )
@@ -396,6 +418,7 @@ def test_disk_storage_survives_restart_and_sealed_is_unavailable(
     server = OpenBaoServer.persistent(state)
     with server:
         server.client().sys.enable_secrets_engine("kv", path=MOUNT, options={"version": "2"})
+        wait_for_kv_v2(server.client(), MOUNT)
         client = vault.connect({**server.env, "HOME": str(tmp_path)})
         rotation = client.rotate(SecretRef(MOUNT, "app/db", "password"), fixed("kept-on-disk"))
     assert not server.running
