@@ -343,12 +343,12 @@ def run_outcome(project: Project, run_id: str, *, audit: Any = None) -> str | No
 
 
 def history(project: Project, runbook: str | None = None, *, limit: int = 20, outcome: str | None = None,
-            since: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """Recent runs, newest first; a naive ``since`` is UTC."""
+            since: dt.datetime | None = None, controller: str | None = None) -> list[dict[str, Any]]:
+    """Recent runs, newest first (of ``controller`` only, when given); a naive ``since`` is UTC."""
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=dt.timezone.utc)
     with _store(project, reading=True) as store:
-        return list(store.history(runbook, limit=limit, outcome=outcome, since=since))
+        return list(store.history(runbook, limit=limit, outcome=outcome, since=since, controller=controller))
 
 
 def audit_verify(project: Project, *, anchor: Path | None = None) -> VerifyResult:

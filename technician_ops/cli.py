@@ -376,20 +376,33 @@ def _export_serve_unit(ctx: click.Context, *, bind: str, workers: int, queue_siz
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--outcome", type=click.Choice(OUTCOMES))
 @click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), help="Runs started at or after (UTC).")
+@click.option("--controller", help="Only the runs of this controller (its controller_name, or host name).")
+@click.option("--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON array of the rows, for scripts.")
 @click.option("--audit-url", envvar="TECHNICIAN_OPS_AUDIT_URL")
 @click.pass_context
-def history_cmd(ctx: click.Context, runbook: str | None, limit: int, outcome: str | None, since: Any, audit_url: str | None) -> None:
-    """Recent runs, newest first."""
+def history_cmd(ctx: click.Context, runbook: str | None, limit: int, outcome: str | None, since: Any,
+                controller: str | None, fmt: str, audit_url: str | None) -> None:
+    """Recent runs, newest first: when, what, how it ended, who ran it from where, on which controller."""
     from technician_ops.api import history
 
-    rows = history(_project(ctx, audit_url=audit_url), runbook, limit=limit, outcome=outcome, since=since)
+    rows = history(_project(ctx, audit_url=audit_url), runbook, limit=limit, outcome=outcome, since=since,
+                   controller=controller)
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(rows, indent=1))
+        return
     if not rows:
         click.echo("no runs recorded")
         return
-    for r in rows:
+    from technician_ops.outputs.render import printable
+
+    for r in rows:  # what a record says is data: a peer sharing the store could have written any text
         check = " (check)" if r.get("check") else ""
-        click.echo(f"{r['run_id']}  {str(r.get('started_at'))[:19]}  {r['runbook']:<28} {str(r.get('outcome')):<16} "
-                   f"{r.get('user')}/{r.get('origin')}{check}")
+        click.echo(printable(f"{r['run_id']}  {str(r.get('started_at'))[:19]}  {r['runbook']:<28} "
+                             f"{str(r.get('outcome')):<16} {r.get('user')}/{r.get('origin')} on {r.get('controller')}"
+                             f"{check}"))
 
 
 @cli.group("schedule")

@@ -9,6 +9,7 @@ value came from.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,11 @@ ENV = {
     "inventory": "TECHNICIAN_OPS_INVENTORY",
     "audit_url": "TECHNICIAN_OPS_AUDIT_URL",
     "state_dir": "TECHNICIAN_OPS_STATE_DIR",
+    "controller_name": "TECHNICIAN_OPS_CONTROLLER",
 }
-KEYS = {"inventory", "audit_url", "state_dir", "forks", "keep_backups"}
+KEYS = {"inventory", "audit_url", "state_dir", "forks", "keep_backups", "controller_name"}
+# A controller's name is shown by ``history`` and kept in every record: a short label, never markup or escapes.
+CONTROLLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Project:
     audit_url: str | None = None
     forks: int | None = None
     keep_backups: int = 10
+    controller_name: str | None = None  # who ran a run, in a team's shared store (default: the host name)
     sources: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -73,7 +78,8 @@ def load_project(root: Path | None = None, *, inventory: tuple[str, ...] = (), a
     if root is None and env.get("TECHNICIAN_OPS_PROJECT"):
         root = Path(env["TECHNICIAN_OPS_PROJECT"])
     root = (root or find_root()).resolve()
-    values: dict[str, Any] = {"inventory": None, "audit_url": None, "state_dir": ".technician-ops", "forks": None, "keep_backups": 10}
+    values: dict[str, Any] = {"inventory": None, "audit_url": None, "state_dir": ".technician-ops", "forks": None, "keep_backups": 10,
+                              "controller_name": None}
     sources = {k: "default" for k in values}
     config, where = _file_config(root)
     for key, value in config.items():
@@ -97,7 +103,17 @@ def load_project(root: Path | None = None, *, inventory: tuple[str, ...] = (), a
     state = Path(values["state_dir"])
     state = state if state.is_absolute() else root / state
     return Project(root, inv_paths, state, values["audit_url"] or None,
-                   int(values["forks"]) if values["forks"] else None, int(values["keep_backups"]), sources)
+                   int(values["forks"]) if values["forks"] else None, int(values["keep_backups"]),
+                   _controller_name(values["controller_name"], sources["controller_name"]), sources)
+
+
+def _controller_name(value: Any, source: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not CONTROLLER_NAME.fullmatch(value):
+        raise ConfigError(f"{source}: controller_name {str(value)[:80]!r} is not a valid name",
+                          hint="1-64 characters: letters, digits and . _ @ : - (starting with a letter or digit)")
+    return value
 
 
 def ensure_private_dir(path: Path) -> Path:

@@ -48,6 +48,7 @@ SLOW_FIRST = (
     "tests/integration/test_undo.py",
     "tests/integration/test_db_failover.py",
     "tests/integration/test_serve.py",
+    "tests/integration/test_team_store.py",
     "tests/test_bench_smoke.py",
     "tests/integration/test_accelerate.py",
     "tests/ci/test_schedule.py",

@@ -240,9 +240,9 @@ class AuditStore(abc.ABC):
 
     _head_lock_suffix = ""  # PostgreSQL: " FOR UPDATE"
 
-    def _json_sql(self, *keys: str) -> str:
-        """SQL for the text at ``keys`` inside the ``record`` column's JSON (SQLite's dialect)."""
-        return f"json_extract(record, '$.{'.'.join(keys)}')"
+    def _json_sql(self, *keys: str, column: str = "record") -> str:
+        """SQL for the text at ``keys`` inside ``column``'s JSON (SQLite's dialect)."""
+        return f"json_extract({column}, '$.{'.'.join(keys)}')"
 
     # --- schema ----------------------------------------------------------------------
     def _init_schema(self) -> None:
@@ -512,8 +512,17 @@ class AuditStore(abc.ABC):
             return record
 
     def history(self, runbook: str | None = None, limit: int = 50, outcome: str | None = None,
-                since: _dt.datetime | None = None) -> list[dict[str, Any]]:
-        """Newest first, from the summary columns only (index-ordered, no JSON parsing)."""
+                since: _dt.datetime | None = None, controller: str | None = None) -> list[dict[str, Any]]:
+        """Newest first, from the summary columns (index-ordered) and a few fields of each row's JSON."""
+        # Once a run is sealed, who ran it, where from and on which controller come from its hashed record,
+        # not from the columns beside it (verify does not cover those): an edited column cannot forge
+        # history.  A running run's come from its header.  Records older than ``controller`` name the host.
+        def ctl(column: str) -> str:
+            return (f"COALESCE({self._json_sql('controller', 'name', column=column)}, "
+                    f"{self._json_sql('operator', 'host', column=column)})")
+
+        user, origin = self._json_sql("operator", "user"), self._json_sql("origin", "type")
+        controller_sql = f"CASE WHEN seq IS NULL THEN {ctl('header')} ELSE {ctl('record')} END"
         where: list[str] = []
         params: list[Any] = []
         if runbook:
@@ -525,11 +534,12 @@ class AuditStore(abc.ABC):
         if since is not None:
             where.append("started_at >= ?")
             params.append(iso_utc(since))
-        # Once a run is sealed, who ran it and from where come from its hashed record, not from the
-        # columns beside it (verify does not cover those): an edited column cannot forge history.
-        user, origin = self._json_sql("operator", "user"), self._json_sql("origin", "type")
+        if controller:
+            where.append(f"{controller_sql} = ?")
+            params.append(controller)
         sql = (f"SELECT run_id, runbook, outcome, started_at, ended_at, CASE WHEN seq IS NULL THEN user_name "
-               f"ELSE {user} END, CASE WHEN seq IS NULL THEN origin_type ELSE {origin} END, check_run, seq FROM runs")
+               f"ELSE {user} END, CASE WHEN seq IS NULL THEN origin_type ELSE {origin} END, check_run, seq, "
+               f"{controller_sql} FROM runs")
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started_at DESC, run_id DESC LIMIT ?"
@@ -537,7 +547,7 @@ class AuditStore(abc.ABC):
         with self._lock:
             rows = self._fetchall(sql, params)
         return [{"run_id": r[0], "runbook": r[1], "outcome": r[2], "started_at": r[3], "ended_at": r[4],
-                 "user": r[5], "origin": r[6], "check": bool(r[7]), "seq": r[8]} for r in rows]
+                 "user": r[5], "origin": r[6], "check": bool(r[7]), "seq": r[8], "controller": r[9]} for r in rows]
 
     def run_rows(self, runbook: str | None = None, since: _dt.datetime | None = None) -> list[RunRow]:
         """Every run (of ``runbook``; started at or after ``since``), oldest first within each runbook.

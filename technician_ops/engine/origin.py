@@ -33,6 +33,13 @@ def operator() -> dict[str, Any]:
     return {"user": user, "host": socket.gethostname(), "pid": os.getpid()}
 
 
+def controller(name: str | None) -> dict[str, Any]:
+    """The controller that ran a run, for a team whose controllers share one audit store: its configured
+    ``controller_name`` (``TECHNICIAN_OPS_CONTROLLER``), else this host's name."""
+    host = socket.gethostname()
+    return {"name": name or host, "host": host}
+
+
 def _ci(env: Mapping[str, str]) -> dict[str, Any] | None:
     if env.get("GITHUB_ACTIONS") == "true":
         run_id = env.get("GITHUB_RUN_ID")

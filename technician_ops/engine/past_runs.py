@@ -82,7 +82,7 @@ def undo_past_run(request: UndoRequest, project: Project, bus: Bus, audit: Any,
         from technician_ops.audit import new_run_id
 
         new_id = new_run_id()
-    head = header(plan.runbook, new_id, environ=None, interactive=request.prompt is not None, check=False,
+    head = header(plan.runbook, new_id, project=project, environ=None, interactive=request.prompt is not None, check=False,
                   params=record.get("params") or {}, action=request.action, rollback_of=record["run_id"])
     session = Session(project, bus, audit, cancelled)
     if not request.yes:

@@ -32,7 +32,7 @@ def run(request: RunRequest, project: Project, bus: Bus, audit: Any, cancelled: 
     runbook = load(request.runbook, project, strict=request.strict, hosts=request.hosts)
     request = with_run_id(request)
     assert request.run_id is not None
-    head = header(runbook, request.run_id, environ=request.environ, interactive=request.prompt is not None,
+    head = header(runbook, request.run_id, project=project, environ=request.environ, interactive=request.prompt is not None,
                   check=request.check)
     if request.hosts is not None:
         head["hosts_given"] = request.hosts  # what ``rollback RUN_ID`` must load the file with again
@@ -81,7 +81,7 @@ def hold(request: RunRequest, project: Project, bus: Bus, audit: Any, reason: st
     runbook = load(request.runbook, project)
     request = with_run_id(request)
     assert request.run_id is not None
-    head = header(runbook, request.run_id, environ=request.environ, interactive=False, check=False)
+    head = header(runbook, request.run_id, project=project, environ=request.environ, interactive=False, check=False)
     with Session(project, bus, audit).refusing(head):
         from technician_ops.engine.session import load_inventory
         from technician_ops.errors import ParameterError
@@ -107,7 +107,7 @@ def refuse(request: RunRequest, project: Project, audit: Any, reason: str) -> st
     runbook = load(request.runbook, project)
     request = with_run_id(request)
     assert request.run_id is not None
-    head = header(runbook, request.run_id, environ=request.environ, interactive=False, check=False)
+    head = header(runbook, request.run_id, project=project, environ=request.environ, interactive=False, check=False)
     secret = runbook.secret_names()
     head["params"] = {k: v for k, v in request.params.items() if k in runbook.params and k not in secret}
     if request.limit is not None:

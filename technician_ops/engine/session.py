@@ -36,8 +36,8 @@ from technician_ops.project import Project, ensure_private_dir
 from technician_ops.runbook.model import Runbook
 
 # Header fields a RUN_START event carries (``action``/``rollback_of`` only for undo runs).
-_RUN_START = ("run_id", "runbook", "path", "check", "params", "operator", "origin", "started_at", "action",
-              "rollback_of")
+_RUN_START = ("run_id", "runbook", "path", "check", "params", "operator", "origin", "controller", "started_at",
+              "action", "rollback_of")
 
 
 @dataclass
@@ -88,14 +88,15 @@ class Work:
     after_run: bool = False  # call the kinds' after_run hooks (a forward run)
 
 
-def header(runbook: Runbook, run_id: str, *, environ: dict[str, str] | None, interactive: bool, check: bool,
-           params: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """The record's header: who runs what, from where, when."""
-    from technician_ops.engine.origin import git_info, operator, origin
+def header(runbook: Runbook, run_id: str, *, project: Project, environ: dict[str, str] | None, interactive: bool,
+           check: bool, params: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """The record's header: who runs what, from where (the operator, the controller), when."""
+    from technician_ops.engine.origin import controller, git_info, operator, origin
 
     return {"run_id": run_id, "runbook": runbook.name, "path": str(runbook.path), "runbook_sha256": runbook.sha256,
             "git": git_info(runbook.path), "operator": operator(), "origin": origin(environ, interactive=interactive),
-            "check": check, "started_at": utc_now(), "params": dict(params or {}), **extra}
+            "controller": controller(project.controller_name), "check": check, "started_at": utc_now(),
+            "params": dict(params or {}), **extra}
 
 
 class Session:

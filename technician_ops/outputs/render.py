@@ -58,6 +58,12 @@ def _origin_detail(origin: dict[str, Any]) -> str:
     return f" ({' '.join(parts)})" if parts and origin.get("system") else ""
 
 
+def _controller(record: dict[str, Any], op: dict[str, Any]) -> str:
+    """`` on controller NAME``, for a run whose controller has a name of its own (a team's shared store)."""
+    name = (record.get("controller") or {}).get("name") if isinstance(record.get("controller"), dict) else None
+    return f" on controller {name}" if name and name != op.get("host") else ""
+
+
 def record_text(record: dict[str, Any]) -> str:
     op = record.get("operator") or {}
     origin = record.get("origin") or {}
@@ -65,7 +71,8 @@ def record_text(record: dict[str, Any]) -> str:
         f"run {record.get('run_id')}  {record.get('runbook')}  {str(record.get('outcome', '')).upper()}"
         + ("  (check mode)" if record.get("check") else ""),
         f"  started {record.get('started_at')}  ended {record.get('ended_at')}",
-        f"  by {op.get('user')}@{op.get('host')} via {origin.get('type')}" + _origin_detail(origin),
+        f"  by {op.get('user')}@{op.get('host')} via {origin.get('type')}" + _origin_detail(origin)
+        + _controller(record, op),
         f"  runbook {record.get('path')} sha256 {str(record.get('runbook_sha256', ''))[:16]}"
         + (f" git {record['git'].get('commit', '')[:12]}{' (dirty)' if record['git'].get('dirty') else ''}" if record.get("git") else ""),
     ]

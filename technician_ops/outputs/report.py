@@ -461,6 +461,10 @@ def build(record: dict[str, Any], source: Source) -> Report:
     ]
     if origin.get("url"):
         facts.append(("origin url", as_text(origin["url"])))
+    controller = _d(record.get("controller"))
+    if controller.get("name"):
+        facts.append(("controller", as_text(controller["name"])
+                      + (f" ({as_text(controller.get('host'))})" if controller.get("host") != controller["name"] else "")))
     facts.append(("runbook", f"{as_text(record.get('runbook'))} ({as_text(record.get('path'))})"))
     facts.append(("runbook sha256", as_text(record.get("runbook_sha256")) or "-"))
     if git:

@@ -2,7 +2,8 @@
 
     _writer.py sigkill URL PROJECT_ROOT          start a run, append, print its id, then hang
     _writer.py sigkill-sink URL PROJECT_ROOT N   the same through an AuditSink: N events, flush, hang
-    _writer.py finish URL PROJECT_ROOT N GOFILE  wait for GOFILE, then start+finish N runs
+    _writer.py finish URL PROJECT_ROOT N GOFILE [CONTROLLER]
+                                                 wait for GOFILE, then start+finish N runs as CONTROLLER
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from technician_ops.audit import new_run_id, open_store
 from technician_ops.events import Event, Kind
 
 
-def header(run_id: str, runbook: str) -> dict[str, object]:
+def header(run_id: str, runbook: str, controller: str = "test") -> dict[str, object]:
     from technician_ops.audit.fold import iso_utc
 
     return {"run_id": run_id, "runbook": runbook, "path": f"runbooks/{runbook}.md", "started_at": iso_utc(),
             "operator": {"user": "writer", "host": "test", "pid": os.getpid()},
-            "origin": {"type": "terminal"}, "check": False, "params": {}}
+            "origin": {"type": "terminal"}, "controller": {"name": controller, "host": "test"}, "check": False,
+            "params": {}}
 
 
 def main(argv: list[str]) -> int:
@@ -52,13 +54,14 @@ def main(argv: list[str]) -> int:
         return 1
     if mode == "finish":
         count, gofile = int(argv[3]), pathlib.Path(argv[4])
+        controller = argv[5] if len(argv) > 5 else "test"
         deadline = time.monotonic() + 30
         while not gofile.exists() and time.monotonic() < deadline:
             time.sleep(0.005)
-        for _ in range(count):
+        for i in range(count):
             run_id = new_run_id()
-            store.start_run(header(run_id, "concurrent"))
-            store.append(run_id, Event(Kind.NOTICE, {"level": "info", "message": "hello"}))
+            store.start_run(header(run_id, "concurrent", controller))
+            store.append(run_id, Event(Kind.NOTICE, {"level": "info", "message": f"{controller} {i}"}))
             store.finish(run_id, "succeeded")
         store.close()
         print("done", flush=True)

@@ -7,6 +7,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+from collections import Counter
 
 from technician_ops.audit import AuditStore, open_store
 
@@ -84,23 +85,37 @@ def test_runs_from_other_hosts_are_left_alone(backend: Backend, store: AuditStor
     assert store.reap_stale() == []
 
 
-def test_concurrent_finishes_keep_the_chain_valid(backend: Backend, tmp_path: pathlib.Path) -> None:
+def test_concurrent_controllers_keep_one_valid_chain(backend: Backend, tmp_path: pathlib.Path) -> None:
+    """A team's store: 4 controller processes finishing 50 runs each at once keep ONE chain, lose nothing,
+    and ``history`` says which controller ran each run."""
     backend.open()  # create the schema before the race
     go = tmp_path / "go"
-    per_process = 15
-    procs = [_spawn("finish", backend.url or "", str(backend.project_root), str(per_process), str(go))
-             for _ in range(2)]
+    controllers, per_process = [f"ctl-{n}" for n in range(4)], 50
+    procs = [_spawn("finish", backend.url or "", str(backend.project_root), str(per_process), str(go), name)
+             for name in controllers]
     go.touch()
     for proc in procs:
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
         assert out.strip() == "done"
     store = backend.open()
     result = store.verify()
     assert result.ok, result
-    assert result.checked == 2 * per_process
-    seqs = sorted(r["seq"] for r in store.history(limit=100))
-    assert seqs == list(range(1, 2 * per_process + 1))
+    total = len(controllers) * per_process
+    assert result.checked == total
+    rows = store.history(limit=1000)
+    assert sorted(r["seq"] for r in rows) == list(range(1, total + 1))
+    assert {r["outcome"] for r in rows} == {"succeeded"}
+    assert Counter(r["controller"] for r in rows) == {name: per_process for name in controllers}
+    # Every run's own record holds what its controller wrote, in the order it wrote it.
+    mine = store.history(limit=1000, controller="ctl-2")
+    assert len(mine) == per_process and {r["controller"] for r in mine} == {"ctl-2"}
+    messages = sorted(store.get(r["run_id"])["notices"][0]["message"] for r in mine)
+    assert messages == sorted(f"ctl-2 {i}" for i in range(per_process))
+    # Each controller's runs were sealed in the order it finished them: their seqs rise with its count.
+    for name in controllers:
+        by_seq = sorted((r for r in rows if r["controller"] == name), key=lambda r: r["seq"])
+        assert [int(store.get(r["run_id"])["notices"][0]["message"].split()[1]) for r in by_seq] == list(range(per_process))
 
 
 def test_reap_via_open_store_on_default_path(tmp_path: pathlib.Path) -> None:

@@ -264,3 +264,22 @@ def test_history_filters_and_order(store: AuditStore) -> None:
     assert [r["run_id"] for r in store.history(since=since)] == [ids[3], ids[2]]
     assert store.history(runbook="nope") == []
     assert len(store.history(limit=2)) == 2
+
+
+def test_history_names_the_controller_from_the_record_the_header_or_the_host(store: AuditStore, backend: Any) -> None:
+    import socket
+
+    sealed = finished_run(store, "db-failover", "succeeded", started_at="2025-03-01T10:00:00Z",
+                          controller={"name": "ctl-eu", "host": "box1"})
+    older = finished_run(store, "db-failover", "succeeded", started_at="2025-03-02T10:00:00Z")  # no controller
+    running = make_header("patch-web", started_at="2025-03-03T10:00:00Z", controller={"name": "ctl-us", "host": "b"})
+    store.start_run(running)
+    rows = {r["run_id"]: r["controller"] for r in store.history()}
+    assert rows == {sealed["run_id"]: "ctl-eu", older["run_id"]: socket.gethostname(), running["run_id"]: "ctl-us"}
+    assert [r["run_id"] for r in store.history(controller="ctl-us")] == [running["run_id"]]
+    assert [r["run_id"] for r in store.history(controller=socket.gethostname())] == [older["run_id"]]
+    assert store.history(controller="ctl-eu' OR '1'='1") == []  # a value, never SQL
+    # A sealed run's controller is read from its hashed record: an edited header column forges nothing.
+    backend.raw("UPDATE runs SET header = ? WHERE run_id = ?",
+                '{"controller": {"name": "forged"}}', sealed["run_id"])
+    assert [r["controller"] for r in store.history() if r["run_id"] == sealed["run_id"]] == ["ctl-eu"]

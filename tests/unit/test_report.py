@@ -197,6 +197,13 @@ def test_header_params_approvals_and_chain(runbook: Path) -> None:
     assert "not sealed yet" in running
 
 
+def test_the_controller_is_named_when_a_team_store_has_several(runbook: Path) -> None:
+    md = render(make_record(runbook, controller={"name": "ops-eu-1", "host": "box7"}), "md")
+    assert "| controller | ops-eu-1 (box7) |" in md
+    assert "| controller | box7 |" in render(make_record(runbook, controller={"name": "box7", "host": "box7"}), "md")
+    assert "| controller |" not in render(make_record(runbook), "md")  # a record from before controllers
+
+
 def test_artifacts_show_backups_secret_versions_by_number_and_plan_summaries(runbook: Path) -> None:
     artifacts = {
         "backup": [{"step": "save", "host": "web1", "source": "files", "path": "/state/b.tar", "sha256": "12" * 32, "size": 2048}],
