@@ -402,7 +402,7 @@ def history_cmd(ctx: click.Context, runbook: str | None, limit: int, outcome: st
         check = " (check)" if r.get("check") else ""
         click.echo(printable(f"{r['run_id']}  {str(r.get('started_at'))[:19]}  {r['runbook']:<28} "
                              f"{str(r.get('outcome')):<16} {r.get('user')}/{r.get('origin')} on {r.get('controller')}"
-                             f"{check}"))
+                             + (f" via {','.join(r['nodes'])}" if r.get("nodes") else "") + check))
 
 
 @cli.group("schedule")

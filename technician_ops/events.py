@@ -68,7 +68,11 @@ class TaskStart(TypedDict):
     phase: str
 
 
-class HostResult(TypedDict):
+class _OnNode(TypedDict, total=False):
+    node: str  # the execution node it ran through, or is about (absent: the controller); docs/nodes.md
+
+
+class HostResult(_OnNode):
     step: str
     host: str
     status: str  # HostStatus
@@ -81,7 +85,7 @@ class HostResult(TypedDict):
     reason: str | None  # why a skipped host was skipped: "when: COND was false"
 
 
-class Diff(TypedDict):
+class Diff(_OnNode):
     step: str
     host: str
     task: str
@@ -114,7 +118,7 @@ class RollbackEnd(TypedDict):
     steps: list[str]
 
 
-class Notice(TypedDict):
+class Notice(_OnNode):
     level: str
     message: str
 

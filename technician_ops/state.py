@@ -50,6 +50,7 @@ class HostState:
     changed_unknown: bool = False  # a result hid whether it changed anything (no_log), or none came (stopped)
     output: dict[str, Any] | None = None  # what its tasks printed (``Output.to_record``), if anything
     reason: str | None = None  # why it was skipped there (a when= that was false)
+    node: str | None = None  # the execution node it ran through (None: the controller)
 
     @property
     def may_have_changed(self) -> bool:
@@ -85,6 +86,8 @@ class HostState:
             out["output"] = self.output
         if self.reason:
             out["reason"] = self.reason
+        if self.node:
+            out["node"] = self.node
         return out
 
     @classmethod
@@ -92,7 +95,8 @@ class HostState:
         output = data.get("output")
         return cls(host_status(data.get("status")), bool(data.get("changed", False)), data.get("duration"),
                    data.get("error"), changed_unknown=bool(data.get("changed_unknown", False)),
-                   output=output if isinstance(output, dict) else None, reason=data.get("reason"))
+                   output=output if isinstance(output, dict) else None, reason=data.get("reason"),
+                   node=data.get("node") if isinstance(data.get("node"), str) else None)
 
 
 OUTPUT_CAP = 64 * 1024  # characters of each stream kept per step and host: the head and the tail

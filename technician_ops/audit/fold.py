@@ -154,7 +154,7 @@ class _Fold:
             record["artifacts"].setdefault(str(data.get("type", "other")), []).append(item)
         elif kind == Kind.NOTICE.value:
             record["notices"].append({"level": data.get("level", "info"), "message": data.get("message"),
-                                      "at": iso_utc(ts)})
+                                      "at": iso_utc(ts), **({"node": data["node"]} if data.get("node") else {})})
         elif kind == Kind.RUN_END.value:
             for key in ("outcome", "exit_code", "duration", "failed_step"):
                 if key in data:

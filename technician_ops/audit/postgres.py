@@ -88,9 +88,9 @@ class PostgresStore(AuditStore):
                 f"check_run, {extracted} FROM (SELECT *, record::jsonb AS j FROM runs "
                 "WHERE seq IS NOT NULL) AS chained ORDER BY seq")
 
-    def _json_sql(self, *keys: str, column: str = "record") -> str:
+    def _json_sql(self, *keys: str) -> str:
         path = "".join(f" -> '{k}'" for k in keys[:-1])
-        return f"({column}::jsonb{path} ->> '{keys[-1]}')"
+        return f"(record::jsonb{path} ->> '{keys[-1]}')"
 
     @staticmethod
     def _sql(sql: str) -> str:

@@ -240,9 +240,9 @@ class AuditStore(abc.ABC):
 
     _head_lock_suffix = ""  # PostgreSQL: " FOR UPDATE"
 
-    def _json_sql(self, *keys: str, column: str = "record") -> str:
-        """SQL for the text at ``keys`` inside ``column``'s JSON (SQLite's dialect)."""
-        return f"json_extract({column}, '$.{'.'.join(keys)}')"
+    def _json_sql(self, *keys: str) -> str:
+        """SQL for the text at ``keys`` inside the ``record`` column's JSON (SQLite's dialect)."""
+        return f"json_extract(record, '$.{'.'.join(keys)}')"
 
     # --- schema ----------------------------------------------------------------------
     def _init_schema(self) -> None:
@@ -513,16 +513,14 @@ class AuditStore(abc.ABC):
 
     def history(self, runbook: str | None = None, limit: int = 50, outcome: str | None = None,
                 since: _dt.datetime | None = None, controller: str | None = None) -> list[dict[str, Any]]:
-        """Newest first, from the summary columns (index-ordered) and a few fields of each row's JSON."""
-        # Once a run is sealed, who ran it, where from and on which controller come from its hashed record,
-        # not from the columns beside it (verify does not cover those): an edited column cannot forge
-        # history.  A running run's come from its header.  Records older than ``controller`` name the host.
-        def ctl(column: str) -> str:
-            return (f"COALESCE({self._json_sql('controller', 'name', column=column)}, "
-                    f"{self._json_sql('operator', 'host', column=column)})")
+        """Newest first, from the summary columns (index-ordered) and a few fields of each record.
 
-        user, origin = self._json_sql("operator", "user"), self._json_sql("origin", "type")
-        controller_sql = f"CASE WHEN seq IS NULL THEN {ctl('header')} ELSE {ctl('record')} END"
+        Once a run is sealed, who ran it, where from and on which controller and nodes come from its hashed
+        record, not from the columns beside it (verify does not cover those): an edited column cannot forge
+        history.  A running run's come from its header, read here (a header that is not JSON, however it got
+        there, must not break ``history``).  Records older than ``controller`` name the operator's host.
+        """
+        limit = max(int(limit), 0)
         where: list[str] = []
         params: list[Any] = []
         if runbook:
@@ -534,20 +532,24 @@ class AuditStore(abc.ABC):
         if since is not None:
             where.append("started_at >= ?")
             params.append(iso_utc(since))
-        if controller:
-            where.append(f"{controller_sql} = ?")
-            params.append(controller)
-        sql = (f"SELECT run_id, runbook, outcome, started_at, ended_at, CASE WHEN seq IS NULL THEN user_name "
-               f"ELSE {user} END, CASE WHEN seq IS NULL THEN origin_type ELSE {origin} END, check_run, seq, "
-               f"{controller_sql} FROM runs")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at DESC, run_id DESC LIMIT ?"
-        params.append(max(int(limit), 0))
+        cols = "run_id, runbook, outcome, started_at, ended_at, check_run, seq"
+        ctl = f"COALESCE({self._json_sql('controller', 'name')}, {self._json_sql('operator', 'host')})"
+        sealed_where = [*where, "seq IS NOT NULL", *([f"{ctl} = ?"] if controller else [])]
+        sealed_sql = (f"SELECT {cols}, {self._json_sql('operator', 'user')}, {self._json_sql('origin', 'type')}, {ctl}, "
+                      f"{self._json_sql('execution_nodes')} FROM runs WHERE {' AND '.join(sealed_where)} "
+                      "ORDER BY started_at DESC, run_id DESC LIMIT ?")
+        running_sql = (f"SELECT {cols}, user_name, origin_type, header FROM runs WHERE "
+                       f"{' AND '.join([*where, 'seq IS NULL'])} ORDER BY started_at DESC, run_id DESC")
         with self._lock:
-            rows = self._fetchall(sql, params)
-        return [{"run_id": r[0], "runbook": r[1], "outcome": r[2], "started_at": r[3], "ended_at": r[4],
-                 "user": r[5], "origin": r[6], "check": bool(r[7]), "seq": r[8], "controller": r[9]} for r in rows]
+            sealed = self._fetchall(sealed_sql, [*params, *([controller] if controller else []), limit])
+            running = self._fetchall(running_sql, params)
+        rows = [_history_row(r[:7], r[7], r[8], r[9], r[10]) for r in sealed]
+        for r in running:
+            name, nodes = _header_places(r[9])
+            if controller is None or name == controller:
+                rows.append(_history_row(r[:7], r[7], r[8], name, nodes))
+        rows.sort(key=lambda row: (row["started_at"], row["run_id"]), reverse=True)
+        return rows[:limit]
 
     def run_rows(self, runbook: str | None = None, since: _dt.datetime | None = None) -> list[RunRow]:
         """Every run (of ``runbook``; started at or after ``since``), oldest first within each runbook.
@@ -777,3 +779,23 @@ def _outcome(value: str | Outcome, allow_running: bool = False) -> str:
     if text in FINAL_OUTCOMES or (allow_running and text == Outcome.RUNNING.value):
         return text
     raise AuditError(f"unknown run outcome {text!r}; expected one of {', '.join(sorted(FINAL_OUTCOMES))}")
+
+
+def _history_row(cols: Sequence[Any], user: Any, origin: Any, controller: Any, nodes: Any) -> dict[str, Any]:
+    return {"run_id": cols[0], "runbook": cols[1], "outcome": cols[2], "started_at": cols[3], "ended_at": cols[4],
+            "user": user, "origin": origin, "check": bool(cols[5]), "seq": cols[6], "controller": controller,
+            "nodes": str(nodes).split(",") if nodes else []}
+
+
+def _header_places(text: Any) -> tuple[str | None, str | None]:
+    """(controller name, execution nodes) a running run's header names; (None, None) from one that is no JSON."""
+    try:
+        header = json.loads(text)
+    except (TypeError, ValueError):
+        return None, None
+    if not isinstance(header, dict):
+        return None, None
+    ctl, op = header.get("controller"), header.get("operator")
+    name = (ctl.get("name") if isinstance(ctl, dict) else None) or (op.get("host") if isinstance(op, dict) else None)
+    nodes = header.get("execution_nodes")
+    return (str(name) if name else None), (str(nodes) if isinstance(nodes, str) and nodes else None)

@@ -19,23 +19,33 @@ from typing import Any, Callable
 
 from technician_ops.channel import ENV_RUN_ID, ENV_SOCKET, ENV_STATE_DIR, ENV_TOKEN
 
-__all__ = ["ENV_RUN_ID", "ENV_STATE_DIR", "ControlServer", "Handler"]
+__all__ = ["ENV_RUN_ID", "ENV_STATE_DIR", "LOCAL", "ControlServer", "Handler"]
 
 # How often serve_forever checks for shutdown: the default 0.5 s made every run wait ~0.25 s at its end.
 _POLL = 0.02
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+LOCAL = "local"  # the participant that is the controller's own execution
 
 
 class ControlServer:
     def __init__(self, handlers: dict[str, Handler]) -> None:
         self.handlers = handlers
         self.token = secrets.token_hex(16)
+        # Who a request comes from, by its token: the controller's own execution ("local"), or an
+        # execution node, whose token reaches it through the forwarded socket (``participant_token``).
+        self._tokens = {self.token: LOCAL}
         self._dir = Path(tempfile.mkdtemp(prefix="technician-ops-"))
         os.chmod(self._dir, 0o700)
         self.path = self._dir / "control.sock"
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._thread: threading.Thread | None = None
+
+    def participant_token(self, name: str) -> str:
+        """A token of its own for execution node ``name``: its requests carry ``participant: name``."""
+        token = secrets.token_hex(16)
+        self._tokens[token] = name
+        return token
 
     @property
     def env(self) -> dict[str, str]:
@@ -49,9 +59,11 @@ class ControlServer:
                 line = self.rfile.readline()
                 try:
                     request = json.loads(line)
-                    if request.get("token") != outer.token:
+                    who = outer._tokens.get(str(request.get("token")))
+                    if who is None:
                         reply: dict[str, Any] = {"ok": False, "error": "bad token"}
                     else:
+                        request["participant"] = who  # never what the request says of itself
                         handler = outer.handlers.get(request.get("op", ""))
                         reply = handler(request) if handler else {"ok": False, "error": f"unknown op {request.get('op')!r}"}
                 except Exception as exc:  # a bad request must not kill the run

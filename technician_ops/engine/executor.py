@@ -21,6 +21,7 @@ from technician_ops.engine import environ
 from technician_ops.engine.redact import Redactor
 from technician_ops.events import Bus, Kind
 from technician_ops.state import OUTPUT_CAP, HostStatus, Output, StepState, clean_text
+from technician_ops.plan.compiler import GATE_PLAY
 from technician_ops.steps.base import PLUMBING
 
 _SAID = re.compile(r"\s*(changed|ok): \[")
@@ -57,14 +58,22 @@ class StepTracker:
         self.quiet = quiet  # steps whose tasks' output is the tool's own plumbing (a backup's, a vault's)
         self._output: dict[str, Output] = {}  # host -> what the current step printed there
         self.conditions = conditions or {}  # step -> its when=: why a host the step skipped was skipped
+        # A run over execution nodes (engine/fanout.py): called with a gate's index when this execution's
+        # stream reaches it, after the step before it was closed here.
+        self.on_gate: Callable[[int], None] | None = None
 
     # ansible-runner calls this for every event; returning True keeps it on disk.
     def handle(self, event: dict[str, Any]) -> bool:
         etype = event.get("event", "")
         data = event.get("event_data") or {}
         if etype == "playbook_on_play_start":
-            step = self.step_names.get(data.get("play") or data.get("name") or "")
-            if step is not None:
+            name = data.get("play") or data.get("name") or ""
+            step = self.step_names.get(name)
+            gate = name.rsplit(" ", 1)[-1] if step is None and name.startswith(GATE_PLAY) else ""
+            if gate.isdigit() and self.on_gate is not None:
+                self._close()
+                self.on_gate(int(gate))
+            elif step is not None:
                 self._close()
                 if step in self.steps:  # the next batch of a serial step: the same step goes on
                     self.current = self.steps[step]

@@ -96,10 +96,13 @@ def user() -> str:
 
 class Environ:
     """The credentials withheld from the execution's environment (``engine/environ.py``), for our own
-    controller plugins only: they ask with the run's control token."""
+    controller plugins only: they ask with the run's control token.  Never to an execution node: the
+    controller's credentials stay on the controller (its plugins run there only)."""
 
     def __init__(self, values: dict[str, str]) -> None:
         self.values = values
 
     def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("participant", "local") != "local":
+            return {"ok": True, "values": {}}
         return {"ok": True, "values": dict(self.values)}

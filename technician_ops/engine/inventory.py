@@ -38,7 +38,9 @@ from technician_ops.errors import ConfigError
 SSH_CONNECTIONS = frozenset({"ssh", "paramiko", "paramiko_ssh", "smart", "ansible.builtin.ssh",
                              "ansible.builtin.paramiko_ssh", "ansible.legacy.ssh"})
 
-CACHE_FORMAT = 1
+# A host's (or group's) variable that puts it behind an execution node (docs/nodes.md).
+NODE_VAR = "technician_ops_execution_node"
+CACHE_FORMAT = 2  # 2: a host's execution node (``node``)
 CACHE_FILE = "inventory.json"
 # Set to 0 to always read the inventory with Ansible (e.g. while debugging an inventory).
 ENV_NO_CACHE = "TECHNICIAN_OPS_INVENTORY_CACHE"
@@ -88,6 +90,10 @@ class Inventory:
             return True
         return connection in SSH_CONNECTIONS
 
+    def execution_node(self, name: str) -> str | None:
+        """The execution node ``name``'s ``technician_ops_execution_node`` variable names (None: none)."""
+        return self._host(name).get("node")
+
     def local_hosts_without_python(self) -> list[str]:
         out = []
         for name in self.all_hosts():
@@ -132,8 +138,9 @@ class Inventory:
         if facts is None:
             hv = self.host_vars(name)
             connection = hv.get("ansible_connection")
+            node = hv.get(NODE_VAR)
             facts = {"connection": None if connection is None else str(connection),
-                     "python": "ansible_python_interpreter" in hv}
+                     "python": "ansible_python_interpreter" in hv, "node": None if node is None else str(node)}
             self._learn("hosts", name, facts)
         return facts
 

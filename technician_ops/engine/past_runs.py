@@ -229,13 +229,27 @@ def _completed_steps(plan: Plan, record: dict[str, Any], *, replay: bool) -> tup
 
 
 def _replayed(plan: Plan, record: dict[str, Any]) -> dict[str, StepState]:
-    """The step states ansible-runner's job events of the run's forward execution show."""
+    """The step states ansible-runner's job events of the run's forward execution show: the controller's
+    (``artifacts/run``) and, for a run over execution nodes, each node's stream (``artifacts/run@NODE``)."""
+    artifacts = Path(str(record.get("artifact_dir") or "")) / "artifacts"
+    states: dict[str, StepState] = {}
+    for directory in [artifacts / "run", *sorted(artifacts.glob("run@*"))]:
+        for name, state in _replayed_one(plan, directory / "job_events").items():
+            if name in states:
+                states[name].hosts.update(state.hosts)
+                if state.status is StepStatus.FAILED:
+                    states[name].status = StepStatus.FAILED
+            else:
+                states[name] = state
+    return states
+
+
+def _replayed_one(plan: Plan, events_dir: Path) -> dict[str, StepState]:
     import json
 
     from technician_ops.engine.executor import StepTracker
     from technician_ops.engine.redact import Redactor
 
-    events_dir = Path(str(record.get("artifact_dir") or "")) / "artifacts" / "run" / "job_events"
     if not events_dir.is_dir():
         return {}
     tracker = StepTracker(Bus([]), {ps.name: ps.name for ps in plan.steps}, "run", Redactor([]),

@@ -205,15 +205,30 @@ def _execute(ctx: Context) -> Verdict:
     from technician_ops.engine.executor import StepTracker, execute
 
     plan = ctx.plan
-    tracker = StepTracker(ctx.bus, {ps.name: ps.name for ps in plan.steps}, "run", ctx.redactor,
-                          {ps.name: ps.kind.name for ps in plan.steps}, {ps.name: ps.hosts for ps in plan.steps},
-                          quiet=frozenset(ps.name for ps in plan.steps if ps.kind.quiet),
-                          conditions={ps.name: ps.step.attrs["when"] for ps in plan.steps if "when" in ps.step.attrs})
+
+    def make_tracker(bus: Any) -> StepTracker:
+        return StepTracker(bus, {ps.name: ps.name for ps in plan.steps}, "run", ctx.redactor,
+                           {ps.name: ps.kind.name for ps in plan.steps}, {ps.name: ps.hosts for ps in plan.steps},
+                           quiet=frozenset(ps.name for ps in plan.steps if ps.kind.quiet),
+                           conditions={ps.name: ps.step.attrs["when"] for ps in plan.steps if "when" in ps.step.attrs})
+
     outcome, failed_step, exit_code = Outcome.SUCCEEDED, None, None
     rollback: dict[str, Any] = {}
-    result = execute(ctx.pdd, ctx.files["playbook"], ctx.inventories, tracker, ident="run", check=plan.check,
-                     envvars=ctx.env, timeout=plan.runbook.timeout, cancel=ctx.cancelled, lock_fd=ctx.lock_fd,
-                     args=cmdline(plan.options, ctx.pdd, phase="run"))
+    tracker: Any
+    result: Any
+    if ctx.nodes:  # over execution nodes: a participant per place, one stream (engine/fanout.py)
+        from technician_ops.engine import fanout
+
+        result, tracker = fanout.forward(ctx, make_tracker)
+        for node, why in sorted(result.lost.items()):
+            ctx.bus.emit(Kind.NOTICE, level="error", node=node,
+                         message=ctx.redactor.text(f"execution node {node} was lost mid-run ({why}): the results of "
+                                                   "its hosts in that step are unknown, and nothing of it is undone"))
+    else:
+        tracker = make_tracker(ctx.bus)
+        result = execute(ctx.pdd, ctx.files["playbook"], ctx.inventories, tracker, ident="run", check=plan.check,
+                         envvars=ctx.env, timeout=plan.runbook.timeout, cancel=ctx.cancelled, lock_fd=ctx.lock_fd,
+                         args=cmdline(plan.options, ctx.pdd, phase="run"))
     failed = next((n for n in tracker.order if tracker.steps[n].status is StepStatus.FAILED), None)
     if result.stopped == "timeout":
         ctx.bus.emit(Kind.NOTICE, level="error", message=f"the runbook's timeout ({plan.runbook.timeout} s) ran out"

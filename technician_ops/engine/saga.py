@@ -36,7 +36,8 @@ class Selection:
         return bool(self.completed or self.missing or self.declared)
 
 
-def select(plan: Plan, states: dict[str, StepState], order: list[str], *, dead: Collection[str] = ()) -> Selection:
+def select(plan: Plan, states: dict[str, StepState], order: list[str], *, dead: Collection[str] = (),
+           lost: dict[str, str] | None = None) -> Selection:
     """Every step that may have changed something, on exactly the hosts where it may have.
 
     A step that finished is undone where a task reported a change (or hid whether it did); a step
@@ -66,7 +67,13 @@ def select(plan: Plan, states: dict[str, StepState], order: list[str], *, dead: 
             out.declared.append({"step": name, "hosts": hosts, "undo": "none"})
             continue
         for host in sorted(set(hosts).intersection(dead)):
-            out.missing.append({"step": name, "host": host, "error": "host unreachable during the run: not rolled back"})
+            node = (lost or {}).get(host)
+            if node is not None:
+                out.missing.append({"step": name, "host": host, "node": node,
+                                    "error": f"execution node {node} was lost mid-run: not rolled back"})
+            else:
+                out.missing.append({"step": name, "host": host,
+                                    "error": "host unreachable during the run: not rolled back"})
         hosts = [h for h in hosts if h not in dead]
         if not hosts:
             continue
@@ -95,7 +102,14 @@ def roll_back(ctx: Context, tracker: StepTracker) -> tuple[Outcome, dict[str, An
     if ctx.plan.check:
         return Outcome.FAILED, {}
     dead = {h for run in tracker.steps.values() for h, a in run.hosts.items() if a.status is HostStatus.UNREACHABLE}
-    chosen = select(ctx.plan, tracker.steps, tracker.order, dead=dead)
+    lost: dict[str, str] = getattr(tracker, "lost", {})  # host -> its execution node, lost mid-run
+    chosen = select(ctx.plan, tracker.steps, tracker.order, dead=dead | set(lost), lost=lost)
+    # A lost node's hosts were neither stopped nor checked (nothing reaches them but through the node): whatever
+    # the steps declare, a human must look there.
+    for node in sorted(set(lost.values()) - {m.get("node") for m in chosen.missing}):
+        chosen.missing.append({"step": "*", "host": ",".join(sorted(h for h, n in lost.items() if n == node)),
+                               "node": node, "error": f"execution node {node} was lost mid-run: what ran on its "
+                               "hosts was neither stopped nor checked"})
     if not chosen.changed_anything:
         return Outcome.FAILED, {"steps": [], "outcome": None}
     order = [ps.name for ps, _ in reversed(chosen.completed)]
@@ -107,7 +121,8 @@ def roll_back(ctx: Context, tracker: StepTracker) -> tuple[Outcome, dict[str, An
     if chosen.completed:
         # Not cancellable by the stop that may have led here: only a second Ctrl-C ends an undo early.
         failures += run_undo(ctx, chosen.completed, "undo of what the run changed", cancellable=False,
-                             stopped_hosts=stopped(tracker.steps))
+                             stopped_hosts=[h for h in stopped(tracker.steps) if h not in lost],
+                             lost_nodes=set(lost.values()))
     outcome = Outcome.ROLLBACK_FAILED if failures else Outcome.ROLLED_BACK
     ctx.bus.emit(Kind.ROLLBACK_END, outcome=outcome.value, failures=failures, steps=order)
     return outcome, {"steps": order, "outcome": outcome.value, "failures": failures}
@@ -119,19 +134,32 @@ def stopped(states: dict[str, StepState]) -> list[str]:
 
 
 def run_undo(ctx: Context, completed: Completed, why: str, *, exact_hosts: bool = True,
-             cancellable: bool = True, stopped_hosts: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run the undo plays of ``completed`` as one execution; return every host that did not come back clean.
+             cancellable: bool = True, stopped_hosts: list[str] | None = None,
+             lost_nodes: set[str] | None = None) -> list[dict[str, Any]]:
+    """Run the undo plays of ``completed`` as one execution (one per participant over execution nodes, never
+    through a node in ``lost_nodes``); return every host that did not come back clean.
 
     ``exact_hosts``: the host lists are host names (not patterns), so a host
     the undo never reached is a failure too.
     """
-    playbook = write_undo_playbook(ctx.plan, completed, ctx.pdd / "project" / "rollback.yml", why, stopped_hosts)
-    tracker = StepTracker(ctx.bus, {f"undo:{ps.name}": ps.name for ps, _ in completed}, "rollback", ctx.redactor,
-                          {ps.name: "undo" for ps, _ in completed}, {ps.name: ",".join(h) for ps, h in completed},
-                          quiet=frozenset(ps.name for ps, _ in completed if ps.undo is None and ps.kind.quiet))
-    result = execute(ctx.pdd, playbook, ctx.inventories, tracker, ident="rollback", check=False, envvars=ctx.env,
-                     cancel=ctx.cancelled if cancellable else None, lock_fd=ctx.lock_fd,
-                     args=cmdline(ctx.plan.options, ctx.pdd, phase="rollback"))
+    def make_tracker(bus: Any) -> StepTracker:
+        return StepTracker(bus, {f"undo:{ps.name}": ps.name for ps, _ in completed}, "rollback", ctx.redactor,
+                           {ps.name: "undo" for ps, _ in completed}, {ps.name: ",".join(h) for ps, h in completed},
+                           quiet=frozenset(ps.name for ps, _ in completed if ps.undo is None and ps.kind.quiet))
+
+    tracker: Any
+    result: Any
+    if ctx.nodes:
+        from technician_ops.engine import fanout
+
+        result, tracker = fanout.undo(ctx, completed, stopped_hosts or [], lost_nodes or set(), make_tracker,
+                                      cancellable=cancellable)
+    else:
+        playbook = write_undo_playbook(ctx.plan, completed, ctx.pdd / "project" / "rollback.yml", why, stopped_hosts)
+        tracker = make_tracker(ctx.bus)
+        result = execute(ctx.pdd, playbook, ctx.inventories, tracker, ident="rollback", check=False, envvars=ctx.env,
+                         cancel=ctx.cancelled if cancellable else None, lock_fd=ctx.lock_fd,
+                         args=cmdline(ctx.plan.options, ctx.pdd, phase="rollback"))
     failures: list[dict[str, Any]] = []
     for ps, hosts in completed:
         run = tracker.steps.get(ps.name)
@@ -147,4 +175,8 @@ def run_undo(ctx: Context, completed: Completed, why: str, *, exact_hosts: bool 
                 failures.append({"step": ps.name, "host": host, "error": "host not reached by the undo"})
     if result.rc not in (0, 2, 4) and not failures:
         failures.append({"step": "*", "host": "*", "error": f"rollback execution exited {result.rc}"})
+    for failure in failures:  # which node a host's undo ran through, for the human who follows up
+        node = ctx.assigned.get(str(failure.get("host")))
+        if node is not None:
+            failure.setdefault("node", node)
     return failures

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from technician_ops.engine.control import ENV_RUN_ID, ENV_STATE_DIR, ControlServer, Handler
+from technician_ops.engine.control import ENV_RUN_ID, ENV_STATE_DIR, LOCAL, ControlServer, Handler
 from technician_ops.engine import environ
 from technician_ops.engine.handlers import Emitter, Environ, Secrets
 from technician_ops.engine.redact import MIN_LENGTH, Redactor
 from technician_ops.engine.request import EXIT_FOR_OUTCOME, Cancelled, RunResult, utc_now
-from technician_ops.errors import ConfigError, ExitCode, StorageError, TechnicianOpsError
+from technician_ops.errors import ConfigError, DependencyUnavailable, ExitCode, StorageError, TechnicianOpsError
 from technician_ops.events import Bus, Kind
 from technician_ops.outcomes import Outcome
 from technician_ops.plan.compiler import Plan, default_forks
@@ -55,6 +55,13 @@ class Context:
     redactor: Redactor
     cancelled: Cancelled | None
     lock_fd: int = -1  # the run lock, also held by each execution's supervisor (engine/supervise.py)
+    # A run over execution nodes (docs/nodes.md): each node's session (engine/nodes.py), which host runs
+    # on which node, every target, the inventory, and the gates' handler (engine/fanout.py).
+    nodes: dict[str, Any] = field(default_factory=dict)
+    assigned: dict[str, str] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)
+    inventory: Any = None
+    gate_hub: Any = None
 
 
 @dataclass
@@ -106,8 +113,15 @@ class Session:
         self.project, self.bus, self.audit, self.cancelled = project, bus, audit, cancelled
         self.masters: Any = None  # the run's SSH connections (ssh_masters.Masters), from preflight to the end
         self.accelerated = False
+        self.assigned: dict[str, str] = {}  # host -> the execution node it runs on (none: here)
+        self.targets: list[str] = []
+        self.inventory: Any = None
+        self.node_sessions: dict[str, Any] = {}  # node -> nodes.NodeSession, from preflight to the end
 
     def close_masters(self) -> None:
+        sessions, self.node_sessions = list(self.node_sessions.values()), {}
+        for session in sessions:  # first: a node's session ends before the master it runs over
+            session.close()
         if self.masters is not None:
             masters, self.masters = self.masters, None
             masters.close()
@@ -190,8 +204,19 @@ class Session:
             strategy_dir, not_accelerated = acceleration(work.accelerate, work.environ)
             notices += [not_accelerated] if not_accelerated else []
             base = base_config(project, work.environ)
-            ssh_targets = [h for h in targets if inventory.may_use_ssh(h)] if inventory is not None else []
-            if ssh_targets and strategy_dir is None:  # mitogen makes its own connections
+            self.targets, self.inventory = targets, inventory
+            if inventory is not None:
+                from technician_ops.engine import nodes
+
+                self.assigned = nodes.assign(targets, inventory, project)
+                if self.assigned:
+                    nodes.refuse_unsupported(work.plan, inventory, self.assigned)
+                    if strategy_dir is not None:
+                        notices.append("--accelerate: not over execution nodes; running with the linear strategy")
+                        strategy_dir = None
+            ssh_targets = [h for h in targets if h not in self.assigned and inventory.may_use_ssh(h)] \
+                if inventory is not None else []
+            if (ssh_targets or self.assigned) and strategy_dir is None:  # mitogen makes its own connections
                 from technician_ops.engine import ssh_masters
 
                 self.masters = ssh_masters.Masters(ssh_masters.control_dir())
@@ -209,6 +234,8 @@ class Session:
         with self.refusing(work.header, "refused before any change"):
             if not work.skip_preflight and ssh_targets:
                 preflight(ssh_targets, inventory, self.masters, base, become=uses_become(work.plan))
+            if self.assigned:
+                self._open_nodes(work, inventory, base, notices)
             no_pipelining = self.masters.requiretty if self.masters is not None else []
             if no_pipelining:
                 notices.append(f"sudo on {', '.join(no_pipelining)} needs a terminal (requiretty): "
@@ -233,14 +260,48 @@ class Session:
                 work.header["inventory"] = sources(project.inventory)
         return plan, pdd, files, notices
 
+    def _open_nodes(self, work: Work, inventory: Any, base: Any, notices: list[str]) -> None:
+        """A session on each execution node that has hosts (engine/nodes.py): versions compared, its hosts
+        checked from the node; a node or host that fails refuses the run before anything changes."""
+        from technician_ops.engine import nodes, preflight as checks
+        from technician_ops.plan.files import effective_ssh_args
+
+        shares = nodes.participants_of(self.assigned, self.targets)
+        for name, hosts in shares.items():
+            if name != LOCAL and hosts:
+                node = self.project.execution_nodes[name]
+                session = nodes.NodeSession(node, nodes.node_spec(node, inventory), hosts, self.masters.directory)
+                self.node_sessions[name] = session
+                session.start(self.masters, checks.DEFAULT_TIMEOUT)
+        problems: list[str] = []
+        become = uses_become(work.plan)
+        for name, session in self.node_sessions.items():
+            specs = checks.specs(inventory, ":".join(session.hosts))
+            problems += session.handshake(specs, become=become, timeout=checks.DEFAULT_TIMEOUT,
+                                          ssh_args=effective_ssh_args(base))
+        if problems and not work.skip_preflight:
+            noun = "host" if len(problems) == 1 else "hosts"
+            raise DependencyUnavailable("\n".join([f"preflight: {len(problems)} {noun} not reachable from their "
+                                                    "execution node; nothing was changed", *(f"  {p}" for p in problems)]),
+                                        hint="fix the hosts and run again, or pass --skip-preflight to run anyway")
+        notices += [f"preflight (--skip-preflight): {p}" for p in problems]
+        work.header["nodes"] = {name: s.describe() for name, s in self.node_sessions.items()}
+        work.header["execution_nodes"] = ",".join(sorted(self.node_sessions))
+
     def _execute(self, work: Work, plan: Plan, pdd: Path, files: dict[str, Path], redactor: Redactor,
                  lock_fd: int) -> Verdict:
         """The body, with the control channel up; the run's files are scrubbed of secrets on every way out."""
         project = self.project
         try:
+            from technician_ops.engine.fanout import GateHub
+
+            gate_hub = GateHub()
             handlers: dict[str, Handler] = {"secret": Secrets(plan), "emit": Emitter(self.bus),
-                                            "environ": Environ(environ.split(os.environ, {})[1]), **work.handlers}
+                                            "environ": Environ(environ.split(os.environ, {})[1]), "gate": gate_hub,
+                                            **work.handlers}
             with ControlServer(handlers) as control:
+                for name, session in self.node_sessions.items():  # each node its own token, over its master
+                    session.env = session.forward(control.path, control.participant_token(name))
                 env = {**control.env, ENV_RUN_ID: plan.run_id, ENV_STATE_DIR: str(project.state_dir),
                        "TECHNICIAN_OPS_PROJECT_ROOT": str(project.root)}
                 if self.accelerated:  # over the caller's ANSIBLE_DEPRECATION_WARNINGS too (files.ACCELERATED_REQUIRED)
@@ -251,7 +312,9 @@ class Session:
                     env.update(ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.masters.directory),
                                ANSIBLE_SSH_CONTROL_PATH=CONTROL_PATH)
                 ctx = Context(project, work.header["run_id"], plan, pdd, files,
-                              [*project.inventory, files["inventory"]], env, self.bus, redactor, self.cancelled, lock_fd)
+                              [*project.inventory, files["inventory"]], env, self.bus, redactor, self.cancelled, lock_fd,
+                              dict(self.node_sessions), dict(self.assigned), list(self.targets), self.inventory,
+                              gate_hub)
                 return work.body(ctx)
         except KeyboardInterrupt:
             return Verdict(Outcome.INTERRUPTED)

@@ -106,7 +106,7 @@ def _options(spec: HostSpec) -> str:
     return f"{spec.ssh_args} {spec.ssh_args_override or ''}".lower()
 
 
-def _die_with_parent() -> None:  # in the child, before exec
+def die_with_parent() -> None:  # in the child, before exec
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
@@ -119,8 +119,9 @@ class Masters:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.requiretty: list[str] = []  # hosts whose sudo needs a terminal: no pipelining there
 
-    def argv(self, spec: HostSpec, timeout: float, become: bool) -> list[str]:
-        """ssh as Ansible's ssh plugin would run it, as the master (our options first: ssh keeps the first)."""
+    def argv(self, spec: HostSpec, timeout: float, become: bool, *, remote: str | None = None) -> list[str]:
+        """ssh as Ansible's ssh plugin would run it, as the master (our options first: ssh keeps the first).
+        ``remote``: the master's command on the host instead of ours (an execution node's session)."""
         args = ["ssh", "-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-o", "BatchMode=yes",
                 "-o", f"ConnectTimeout={max(1, int(timeout))}",
                 *shlex.split(spec.ssh_args_override if spec.ssh_args_override is not None else self.base_ssh_args)]
@@ -132,7 +133,8 @@ class Masters:
         if spec.user:
             args += ["-o", f"User={spec.user}"]
         args += shlex.split(spec.ssh_args)
-        remote = (_REMOTE_BECOME if become else _REMOTE).format(ready=READY.decode(), requiretty=REQUIRETTY.decode())
+        if remote is None:
+            remote = (_REMOTE_BECOME if become else _REMOTE).format(ready=READY.decode(), requiretty=REQUIRETTY.decode())
         return [*args, "-o", f"ControlPath={self.directory}/%C", "--", spec.address, remote]
 
     def open(self, specs: Sequence[HostSpec], timeout: float, *, become: bool = False) -> list[HostProblem]:
@@ -144,7 +146,7 @@ class Masters:
         for spec in specs:
             started[spec.name] = (spec, subprocess.Popen(
                 self.argv(spec, timeout, become), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, preexec_fn=_die_with_parent, start_new_session=True))
+                stderr=subprocess.PIPE, preexec_fn=die_with_parent, start_new_session=True))
         # ConnectTimeout bounds reaching each host; the handshakes then share the controller's CPU (~0.1 s of it
         # each, as much on a host of a test bed on the same machine): a bigger fleet gets more time to be ready.
         failed = self._wait_ready(started, timeout + 2.0 + 0.2 * len(started))
@@ -188,7 +190,7 @@ class Masters:
                 elif not chunk or len(seen[name]) > 65536:  # ssh exited (or the host printed a banner flood)
                     sel.unregister(key.fileobj)
                     pending.discard(name)
-                    failed[name] = _last_words(started[name][1])
+                    failed[name] = last_words(started[name][1])
         sel.close()
         for name in failed:
             _stop(started[name][1])
@@ -219,7 +221,7 @@ class Masters:
         self.close()
 
 
-def _last_words(proc: subprocess.Popen[bytes]) -> str:
+def last_words(proc: subprocess.Popen[bytes]) -> str:
     """ssh's last stderr line (it has exited or is about to be stopped), for a failure nothing else explains."""
     try:
         proc.wait(2.0)

@@ -94,11 +94,25 @@ class Plan:
         return CompileContext(self.runbook, self.project_root, self.params, self.secret_names, self.check, phase, hosts, extra)
 
     def playbook(self) -> list[dict[str, Any]]:
-        plays: list[dict[str, Any]] = []
+        return [play for _, plays in self.playbook_parts() for play in plays]
+
+    def playbook_parts(self) -> list[tuple[PlanStep, list[dict[str, Any]]]]:
+        """Each step with its plays, in order (``playbook`` is their concatenation)."""
         tagged = bool(self.options.tags or self.options.skip_tags)
-        for ps in self.steps:
-            for play in ps.kind.plays(ps.step, self.context("run", ps.hosts)):
-                plays.append(_tagged(play, ps, self.options) if tagged else play)
+        return [(ps, [_tagged(play, ps, self.options) if tagged else play
+                      for play in ps.kind.plays(ps.step, self.context("run", ps.hosts))]) for ps in self.steps]
+
+    def participant_playbook(self, *, node: bool) -> list[dict[str, Any]]:
+        """The playbook of one participant of a run spread over execution nodes (docs/nodes.md): every
+        step's plays with a gate between consecutive steps, where each participant waits until the
+        step has finished everywhere.  A node leaves the controller's steps (approve, terraform) to
+        the controller, and waits at the gates around them all the same."""
+        plays: list[dict[str, Any]] = []
+        for i, (ps, step_plays) in enumerate(self.playbook_parts()):
+            if i:
+                plays.append(gate_play(i, "run"))
+            if not (node and ps.kind.controller):
+                plays.extend(step_plays)
         return plays
 
     def host_patterns(self, ps: PlanStep) -> list[str] | None:
@@ -111,14 +125,20 @@ class Plan:
         return [ps.hosts]
 
     def rollback_playbook(self, completed: list[tuple[PlanStep, list[str]]],
-                          stopped_hosts: list[str] | None = None) -> list[dict[str, Any]]:
+                          stopped_hosts: list[str] | None = None, *, gates: bool = False) -> list[dict[str, Any]]:
         """Undo plays for ``completed`` (step, hosts it ran on), in reverse order.
 
         ``stopped_hosts``: hosts where a task was in flight when the run was stopped; what it left
-        running there is killed first (``steps.base.stop_play``).
+        running there is killed first (``steps.base.stop_play``).  ``gates``: one participant's share of
+        a run over execution nodes: a gate between consecutive undos (so an undo finishes everywhere
+        before the one before it starts anywhere), and no play where this participant has no host.
         """
         plays: list[dict[str, Any]] = [stop_play(stopped_hosts, self.run_id)] if stopped_hosts else []
-        for ps, hosts in reversed(completed):
+        for i, (ps, hosts) in enumerate(reversed(completed)):
+            if gates and i:
+                plays.append(gate_play(i, "rollback"))
+            if not hosts:
+                continue
             ctx = self.context("rollback", hosts)
             if ps.undo is not None:
                 undo_kind = kinds.registry()[ps.undo.kind]
@@ -144,6 +164,20 @@ class Plan:
                 block["rescue"] = [{"name": "undo failed", "ansible.builtin.set_fact": {"technician_ops_undo_failed": True}}]
                 plays.append(play)
         return plays
+
+
+GATE_PLAY = "technician-ops: gate"  # the name of a gate play: "technician-ops: gate PHASE INDEX"
+
+
+def gate_play(index: int, phase: str) -> dict[str, Any]:
+    """The barrier before a run's step ``index`` (or undo ``index``, newest first), for a run over execution
+    nodes: its one task asks technician-ops, and waits, until every participant is there.  Told to stop
+    (a participant failed or was lost, the run is stopping), the task fails and, fatal, ends the playbook
+    here, as one playbook would have ended at the failing step."""
+    return {"name": f"{GATE_PLAY} {phase} {index}", "hosts": "localhost", "gather_facts": False,
+            "any_errors_fatal": True, "tags": [GATE_TAG],
+            "tasks": [{"name": f"technician-ops: gate {index}",
+                       "technician_ops_gate": {"index": index, "phase": phase}}]}
 
 
 def _tagged(play: dict[str, Any], ps: PlanStep, options: AnsibleOptions) -> dict[str, Any]:

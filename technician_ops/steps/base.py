@@ -110,6 +110,9 @@ class StepKind:
     secret_scheme: ClassVar[str | None] = None  # front matter ``secrets: {x: "SCHEME:..."}`` this kind resolves
     gate: ClassVar[bool] = False  # guards the steps after it (approve, check): runs whatever --tags selects
     quiet: ClassVar[bool] = False  # its tasks' output is the tool's own plumbing (a backup's hashes): not shown
+    # Whether its hosts may sit behind an execution node (docs/nodes.md): not when it keeps state on the
+    # controller (a backup's files, a vault step's one rotation) or reads project files by path (a playbook).
+    runs_on_nodes: ClassVar[bool] = True
 
     # -- parse/validate --------------------------------------------------
     def parse(self, body: str, lang: str, project_root: Path) -> Any:

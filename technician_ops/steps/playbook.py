@@ -18,6 +18,7 @@ from technician_ops.steps.base import BodyError, CompileContext, StepKind, load_
 
 class PlaybookKind(StepKind):
     name = "playbook"
+    runs_on_nodes = False
     own_hosts = True  # the playbook's plays name their hosts
     expects_undo = False  # its contents are opaque: whether it needs an undo is the author's call
 

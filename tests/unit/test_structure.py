@@ -21,7 +21,7 @@ LAYERS = [
     {"events", "project", "runbook", "contrib"},
     {"steps"},
     {"plan", "audit", "ansible_plugins"},
-    {"engine"},
+    {"engine", "node_agent"},  # node_agent: what an execution node runs, over the engine
     {"outputs"},
     {"api"},
     {"serve"},  # the webhook server and its web view: over the API, under the command line

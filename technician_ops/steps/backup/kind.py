@@ -52,6 +52,7 @@ _PYTHON = ("{{ ansible_python_interpreter | default(ansible_facts.discovered_int
 
 class BackupKind(StepKind):
     name = "backup"
+    runs_on_nodes = False
     quiet = True
     mutating = True
     auto_undo = True

@@ -153,6 +153,7 @@ def _with_value(tasks: list[dict[str, Any]], name: str, source: str, label: str)
 
 class VaultKind(StepKind):
     name = "vault"
+    runs_on_nodes = False
     quiet = True
     auto_undo = True
     undo_on_own_failure = True  # a failed verify leaves the new value published
