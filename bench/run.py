@@ -72,6 +72,8 @@ TARGETS = {
     "scale_tool_cpu_share_1000": ("<=", 0.05, "of the run's CPU"),
     "scale_record_mb_1000": ("<=", 2.0, "MB"),
     "scale_show_s_1000": ("<=", 1.0, "s"),
+    # issue 23: 50 SSH hosts over two execution nodes vs the controller alone, on one machine
+    "nodes_vs_controller_50": ("<=", 1.15, "x the controller alone"),
 }
 
 def bench_run_vs_raw(base: Path, hosts: list[int], reps: int, log: Callable[[str], None], warmup: int = 1,
@@ -452,6 +454,9 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         f[f"{tag}_run_vs_naive_{r['hosts']}"] = r["run_vs_naive"]
         if "accel_vs_naive" in r:
             f[f"{tag}_accel_vs_naive_{r['hosts']}"] = r["accel_vs_naive"]
+    nodes = results.get("nodes")
+    if nodes:
+        f[f"nodes_vs_controller_{nodes['hosts']}"] = nodes["ratio"]
     sc = results.get("scale")
     if sc:
         n = sc["hosts"]
@@ -556,6 +561,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("  - first change on a host, s after start: "
                      + ", ".join(f"{k} {v}" for k, v in r["first_change_s"].items())
                      + "; peak memory MiB: " + ", ".join(f"{k} {v}" for k, v in r["peak_mib"].items()))
+    nd = results.get("nodes")
+    if nd:
+        med = ", ".join(f"{k} {v} s" for k, v in nd["medians_s"].items())
+        lines.append(f"- {nd['hosts']} SSH hosts over {nd['nodes']} execution nodes vs the controller alone "
+                     f"({nd['cpus']} CPUs shared by controller, nodes and hosts): {med}; nodes/controller "
+                     f"{nd['ratio']}" + _rounds(nd) + "; peak memory MiB: "
+                     + ", ".join(f"{k} {v}" for k, v in nd["peak_mib"].items()))
     sc = results.get("scale")
     if sc:
         lines.append(f"- {sc['hosts']} local hosts x {sc['steps']} steps: run {sc['run_s']} s; the tool's own CPU "
@@ -600,13 +612,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pg-url", help="also bench a PostgreSQL audit store (a scratch schema is created and dropped)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results directory")
     p.add_argument("--only", help="comma-separated sections: run,naive,startup,lint,audit,events,show, and the "
-                                  "SSH/scale ones, never run by default: ssh,ssh-slow,scale")
+                                  "SSH/scale ones, never run by default: ssh,ssh-slow,ssh-nodes,scale")
     p.add_argument("--ssh-hosts", default="10,50", help="SSH test bed sizes of the ssh section (default 10,50)")
     p.add_argument("--ssh-variants", default="",
                    help="ssh: also the compiled playbook with one setting changed: free,forks10,no_pipelining")
     p.add_argument("--slow-ms", type=int, default=20, help="ssh-slow: delay each way per host (default 20)")
     p.add_argument("--slow-hosts", type=int, default=10, help="ssh-slow: hosts (default 10)")
     p.add_argument("--scale-hosts", type=int, default=1000, help="scale: local hosts (default 1000)")
+    p.add_argument("--nodes-hosts", type=int, default=50, help="ssh-nodes: SSH hosts split over 2 nodes (default 50)")
     args = p.parse_args(argv)
     q = args.quick
     args.reps = args.reps or (2 if q else 3)
@@ -690,6 +703,11 @@ def main(argv: list[str] | None = None) -> int:
                 probes["ssh-slow"] = speed_probe()
                 results["ssh"][f"{args.slow_hosts}@{args.slow_ms}ms"] = ssh.bench_ssh(
                     base, args.slow_hosts, args.reps, log, slow_ms=args.slow_ms, warmup=0 if args.quick else 1)
+        if "ssh-nodes" in args.sections:
+            import ssh
+
+            probes["ssh-nodes"] = speed_probe()
+            results["nodes"] = ssh.bench_nodes(base, args.nodes_hosts, args.reps, log, warmup=0 if args.quick else 1)
         if "scale" in args.sections:
             import scale
 

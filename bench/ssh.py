@@ -150,3 +150,76 @@ def bench_ssh(base: Path, n: int, reps: int, log: Callable[[str], None], *, slow
     result["first_change_s"] = {side: round(statistics.median(v[-reps:]), 3) for side, v in firsts.items()}
     result["peak_mib"] = {side: round(statistics.median(v), 1) for side, v in peaks.items()}
     return result
+
+
+NODES_PREFIX, NODES_SUBNET = "bnchn", "10.203.8.0/24"
+
+
+def bench_nodes(base: Path, n: int, reps: int, log: Callable[[str], None], *, warmup: int = 1) -> dict[str, Any]:
+    """``n`` SSH hosts from the controller alone vs the same hosts split over two execution nodes (issue 23),
+    interleaved, each run cold (no master connection left on the controller or on a node)."""
+    import sys
+
+    import yaml
+    from testbed.testbed import Testbed, TestbedError
+
+    if os.geteuid() != 0:
+        raise BenchError("the SSH sections need root: the test bed builds network namespaces")
+    repo = Path(__file__).resolve().parents[1]
+    needed = [p.resolve() for p in (repo, Path(sys.executable), Path(sys.executable).parent)]
+    private = [p for p in ("/root", "/srv", "/tmp", "/var/tmp")
+               if not any(str(x) == p or str(x).startswith(p + "/") for x in needed)]
+    bed = Testbed(base / f"nodebed-{n}", hosts=n + 2, prefix=NODES_PREFIX, subnet=NODES_SUBNET, private_paths=private)
+    log(f"SSH test bed: {n} sshd hosts + 2 execution nodes (prefix {NODES_PREFIX}, {NODES_SUBNET})")
+    bed.down(sweep=True)
+    try:
+        bed.up()
+    except TestbedError as exc:
+        raise BenchError(f"SSH test bed: {exc}") from None
+    try:
+        hosts, nodes = bed.hosts[:n], bed.hosts[n:]
+        cp = base / "cp-nodes"
+        cp.mkdir(exist_ok=True, mode=0o700)
+
+        def vars_for(h: Any, seen_from: str | None) -> dict[str, Any]:
+            where = f"/run/tops-testbed/{seen_from}" if seen_from else str(bed.state_dir)
+            return {"ansible_host": h.address, "ansible_port": 22, "ansible_user": "root",
+                    "ansible_ssh_private_key_file": f"{where}/id_ed25519",
+                    "ansible_ssh_common_args": f"-o UserKnownHostsFile={where}/known_hosts "
+                                               "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
+                    "ansible_python_interpreter": "/usr/bin/python3", "state_dir": STATE}
+
+        def cold() -> None:
+            for sock in cp.iterdir():
+                subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "bench-host"],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+                sock.unlink(missing_ok=True)
+            for h in hosts:
+                path = bed.private_dir(h, "/srv") / "bench" / "app.conf"
+                path.parent.mkdir(exist_ok=True)
+                path.unlink(missing_ok=True)
+
+        env = {"ANSIBLE_SSH_CONTROL_PATH_DIR": str(cp)}
+        alone = BenchProject(base, n, hosts={h.name: vars_for(h, None) for h in hosts}, label="nodes-alone-",
+                             before=cold, env=env)
+        split: dict[str, dict[str, Any]] = {}
+        for i, h in enumerate(hosts):
+            node = nodes[0] if i < n // 2 else nodes[1]
+            split[h.name] = {**vars_for(h, node.netns),
+                             "technician_ops_execution_node": "site-a" if node is nodes[0] else "site-b"}
+        spread = BenchProject(base, n, hosts=split, label="nodes-split-", before=cold, env=env)
+        inv = yaml.safe_load(spread.inventory.read_text())
+        inv["all"]["children"]["nodes"] = {"hosts": {node.name: vars_for(node, None) for node in nodes}}
+        spread.inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
+        (spread.root / "technician-ops.toml").write_text(
+            "".join(f'[execution_nodes.{name}]\nhost = "{node.name}"\npython = "{sys.executable}"\n\n'
+                    for name, node in (("site-a", nodes[0]), ("site-b", nodes[1]))))
+        log(f"nodes: one controller / two execution nodes, {n} host(s), {reps} reps")
+        peaks: dict[str, list[float]] = {}
+        samples = interleave({"controller": alone.run_tool, "nodes": spread.run_tool}, reps, warmup, peaks)
+    finally:
+        bed.down(sweep=True)
+    result: dict[str, Any] = {"hosts": n, "nodes": 2, "cpus": os.cpu_count(), **_pair(samples, "nodes", "controller")}
+    result["medians_s"] = {side: round(statistics.median(v), 4) for side, v in samples.items()}
+    result["peak_mib"] = {side: round(statistics.median(v), 1) for side, v in peaks.items()}
+    return result

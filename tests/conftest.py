@@ -31,11 +31,13 @@ ONE_WORKER_MODULES = (
     "tests/integration/test_report.py",
     "tests/integration/test_postmortem_stats.py",
     "tests/integration/test_db_failover.py",
+    "tests/integration/test_execution_nodes.py",
 )
 
 # The longest files first, so no worker starts a minute-long test when the others are done
 # (measured with --durations; a stale list only costs time, never a test).
 SLOW_FIRST = (
+    "tests/integration/test_execution_nodes.py",
     "tests/integration/test_public_content.py",
     "tests/integration/test_postmortem_stats.py",
     "tests/integration/test_security.py",

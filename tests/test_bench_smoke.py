@@ -148,3 +148,24 @@ def test_quick_ssh_and_scale_sections_write_their_figures(tmp_path: Path) -> Non
     # The bench's bed is gone: no namespace of its prefix is left.
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "bnch-" not in netns
+
+
+def test_quick_nodes_section_writes_its_figures(tmp_path: Path) -> None:
+    """bench/ssh.py's ssh-nodes section over 2 SSH hosts and 2 execution nodes (its own prefix and subnet)."""
+    from tests.support.testbed import testbed_unavailable
+
+    reason = testbed_unavailable()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--reps", "1", "--only",
+                           "ssh-nodes", "--nodes-hosts", "2", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [json_file] = list(out.glob("*.json"))
+    nodes = json.loads(json_file.read_text())["nodes"]
+    assert nodes["hosts"] == 2 and nodes["nodes"] == 2 and nodes["ratio"] > 0
+    assert set(nodes["medians_s"]) == {"controller", "nodes"} and min(nodes["medians_s"].values()) > 0
+    assert "2 SSH hosts over 2 execution nodes" in json_file.with_suffix(".md").read_text()
+    assert "bnchn-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
