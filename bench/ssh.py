@@ -158,17 +158,14 @@ NODES_PREFIX, NODES_SUBNET = "bnchn", "10.203.8.0/24"
 def bench_nodes(base: Path, n: int, reps: int, log: Callable[[str], None], *, warmup: int = 1) -> dict[str, Any]:
     """``n`` SSH hosts from the controller alone vs the same hosts split over two execution nodes (issue 23),
     interleaved, each run cold (no master connection left on the controller or on a node)."""
-    import sys
-
     import yaml
     from testbed.testbed import Testbed, TestbedError
 
     if os.geteuid() != 0:
         raise BenchError("the SSH sections need root: the test bed builds network namespaces")
-    repo = Path(__file__).resolve().parents[1]
-    needed = [p.resolve() for p in (repo, Path(sys.executable), Path(sys.executable).parent)]
-    private = [p for p in ("/root", "/srv", "/tmp", "/var/tmp")
-               if not any(str(x) == p or str(x).startswith(p + "/") for x in needed)]
+    from tests.support.testbed import node_runtime
+
+    python, private = node_runtime(Path(__file__).resolve().parents[1])
     bed = Testbed(base / f"nodebed-{n}", hosts=n + 2, prefix=NODES_PREFIX, subnet=NODES_SUBNET, private_paths=private)
     log(f"SSH test bed: {n} sshd hosts + 2 execution nodes (prefix {NODES_PREFIX}, {NODES_SUBNET})")
     bed.down(sweep=True)
@@ -212,7 +209,7 @@ def bench_nodes(base: Path, n: int, reps: int, log: Callable[[str], None], *, wa
         inv["all"]["children"]["nodes"] = {"hosts": {node.name: vars_for(node, None) for node in nodes}}
         spread.inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
         (spread.root / "technician-ops.toml").write_text(
-            "".join(f'[execution_nodes.{name}]\nhost = "{node.name}"\npython = "{sys.executable}"\n\n'
+            "".join(f'[execution_nodes.{name}]\nhost = "{node.name}"\npython = "{python}"\n\n'
                     for name, node in (("site-a", nodes[0]), ("site-b", nodes[1]))))
         log(f"nodes: one controller / two execution nodes, {n} host(s), {reps} reps")
         peaks: dict[str, list[float]] = {}

@@ -167,9 +167,10 @@ def worker(session_dir: str, ident: str) -> int:
     pidfile.write_text(str(os.getpid()))
     pdd = Path(tempfile.mkdtemp(prefix=f"{ident}-", dir=sdir))
     package_root = str(Path(__file__).resolve().parents[1])
+    bindir = _ansible_playbook_shim(sdir)
     ours = {
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
-        "PYTHONPATH": package_root,
+        "PATH": os.pathsep.join([str(bindir), os.environ.get("PATH", "/usr/bin:/bin")]),
+        "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
         "ANSIBLE_CONFIG": str(pdd / "ansible.cfg"),
         "ANSIBLE_ACTION_PLUGINS": os.pathsep.join(str(d) for d in action_plugin_dirs()),
         "ANSIBLE_LOOKUP_PLUGINS": str(PLUGIN_DIR / "lookup"),
@@ -220,6 +221,22 @@ def worker(session_dir: str, ident: str) -> int:
         shutil.rmtree(pdd, ignore_errors=True)
         pidfile.unlink(missing_ok=True)
     return 0 if status in ("successful", "failed") else 1
+
+
+def _ansible_playbook_shim(session_dir: Path) -> Path:
+    """A directory whose ``ansible-playbook`` is this interpreter's: the node's technician-ops, ansible-core
+    and ansible-runner are then one install, whatever else the node's PATH holds (or lacks)."""
+    bindir = session_dir / "bin"
+    shim = bindir / "ansible-playbook"
+    if not shim.exists():
+        import shlex
+
+        bindir.mkdir(mode=0o700, exist_ok=True)
+        temporary = bindir / f".ansible-playbook.{os.getpid()}"
+        temporary.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m ansible.cli.playbook "$@"\n')
+        temporary.chmod(0o700)
+        temporary.replace(shim)
+    return bindir
 
 
 _ENV = dict(os.environ)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed.testbed import Testbed, TestbedError
+from testbed.testbed import Testbed
 from technician_ops.errors import ExitCode
-from tests.support.testbed import testbed_unavailable, worker_index
+from tests.support.testbed import brought_up, node_runtime, testbed_unavailable, worker_index
 
 pytestmark = [pytest.mark.integration, pytest.mark.testbed]
 
@@ -36,11 +37,7 @@ SITE_HOSTS = ["web1", "db1", "web2", "db2"]
 CANARY = "tops-node-canary-4b1d9e"
 
 
-def _private_paths() -> list[str]:
-    """The bed's private paths, but none that hides this checkout or its interpreter from a node."""
-    needed = [Path(p).resolve() for p in (REPO, sys.executable, Path(sys.executable).parent)]
-    return [p for p in ("/root", "/srv", "/tmp", "/var/tmp")
-            if not any(str(n) == p or str(n).startswith(p + "/") for n in needed)]
+PYTHON, PRIVATE_PATHS = node_runtime(REPO)
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +46,13 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     if reason:
         pytest.skip(reason)
     n = worker_index() or 0
-    paths = _private_paths()
+    paths = PRIVATE_PATHS
     if "/srv" not in paths:
         pytest.skip("the checkout lies under /srv: the node bed needs /srv private to each host")
     bed = Testbed(tmp_path_factory.mktemp("nodebed"), hosts=6, prefix=f"tbn{n}", subnet=f"10.203.{41 + n}.0/24",
                   private_paths=paths)
-    bed.down(sweep=True)
-    try:
-        bed.up()
-    except TestbedError as exc:
-        if "apt-get" in str(exc):
-            pytest.skip(f"SSH test bed unavailable: {exc}")
-        raise
-    try:
+    with brought_up(bed):
         yield bed
-    finally:
-        bed.down(sweep=True)
 
 
 def inventory(bed: Testbed) -> str:
@@ -87,7 +75,7 @@ def inventory(bed: Testbed) -> str:
     return "\n".join(lines) + "\n"
 
 
-def config(python: str = sys.executable, **extra: str) -> str:
+def config(python: str = PYTHON, **extra: str) -> str:
     out = []
     for name, host in NODES.items():
         out += [f"[execution_nodes.{name}]", f'host = "{host}"', f"python = {json.dumps(extra.get(name, python))}", ""]
@@ -311,7 +299,9 @@ def test_a_node_with_other_plugins_is_refused_with_both_versions(project: Path, 
         target = bed.private_dir("web4", "/tmp") / "other"
         shutil.copytree(copy, target)
         copy = Path("/tmp/other")
-    python = f"env PYTHONPATH={copy} {sys.executable}"
+    words = shlex.split(PYTHON)  # "env PYTHONPATH=... python3", or an interpreter alone
+    search = words[1].split("=", 1)[1] if words[0] == "env" else ""
+    python = f"env PYTHONPATH={copy}:{search} {words[-1]}"
     (project / "technician-ops.toml").write_text(config(**{"site-b": python}))
     (project / "runbooks" / "versions.md").write_text(HEAD + stamp_step("s1"))
     proc = cli(project, "run", "versions")

@@ -15,9 +15,13 @@ Environment: ``TOPS_TEST_TESTBED_HOSTS`` (default 3),
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -70,6 +74,13 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
         prefix=prefix,
         subnet=subnet,
     )
+    with brought_up(bed):
+        yield bed
+
+
+@contextlib.contextmanager
+def brought_up(bed: Testbed) -> Iterator[Testbed]:
+    """``bed`` up (what a killed session left swept first), and always down after; skipped without sshd."""
     bed.down(sweep=True)  # leftovers of a test session that was killed
     try:
         bed.up()
@@ -90,3 +101,35 @@ def testbed_faults(testbed: Testbed) -> Iterator[Testbed]:
         yield testbed
     finally:
         testbed.heal()
+
+
+PRIVATE = ("/root", "/srv", "/tmp", "/var/tmp")  # testbed.DEFAULT_PRIVATE_PATHS
+
+
+def node_runtime(repo: Path) -> tuple[str, list[str]]:
+    """How a bed host runs technician-ops from this checkout as an execution node (its ``python``), and the
+    private paths a bed can keep with it.
+
+    A path that hides the checkout cannot be private.  The virtualenv's interpreter may live under one
+    (a pyenv build in /root): then the system's python3 of the same version runs the virtualenv's
+    packages, so /root stays private (sharing it would also run root's shell start-up, pyenv's rehash
+    among it, on every SSH command of every bed host).  Else the interpreter's own path stays shared too.
+    """
+    def under(path: Path, private: str) -> bool:
+        return str(path) == private or str(path).startswith(private + "/")
+
+    import sysconfig
+
+    repo = repo.resolve()
+    private = [p for p in PRIVATE if not under(repo, p)]
+    real = Path(sys.executable).resolve()
+    if not any(under(real, p) for p in private):
+        return sys.executable, private
+    system = Path("/usr/bin/python3")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    found = subprocess.run([str(system), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                           capture_output=True, text=True) if system.exists() else None
+    packages = Path(sysconfig.get_paths()["purelib"]).resolve()
+    if found is not None and found.stdout.strip() == version and not any(under(packages, p) for p in private):
+        return f"env PYTHONPATH={packages}:{repo} {system}", private
+    return sys.executable, [p for p in private if not under(real, p)]
