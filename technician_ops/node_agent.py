@@ -108,10 +108,14 @@ def sweep(base: Path) -> None:
 
 
 def _stop_workers(directory: Path) -> None:
-    """SIGTERM each worker of the session still running: its supervisor stops the execution."""
+    """SIGTERM each worker of the session still running: its supervisor stops the execution.  Only a process
+    that is that worker (a pid file may outlive its process: a node rebooted keeps its work_dir)."""
     for pidfile in directory.glob("worker-*.pid"):
         try:
-            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+            pid = int(pidfile.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"technician_ops.node_agent" in cmdline and str(directory).encode() in cmdline:
+                os.kill(pid, signal.SIGTERM)
         except (OSError, ValueError):
             pass
 
@@ -186,6 +190,7 @@ def worker(session_dir: str, ident: str) -> int:
 
     class NodeWorker(Worker):
         def update_paths(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+            self.ident = str(kwargs.get("ident") or "")
             inventory = kwargs.pop("technician_ops_inventory", None)  # its sources, relative to the directory
             if isinstance(inventory, list) and all(isinstance(p, str) and ".." not in Path(p).parts for p in inventory):
                 kwargs["inventory"] = [str(pdd / p) for p in inventory]
@@ -198,10 +203,18 @@ def worker(session_dir: str, ident: str) -> int:
         def status_handler(self, status_data: dict[str, Any], runner_config: Any) -> None:
             status_data = {k: v for k, v in status_data.items() if k != "env"}  # never the environment
             super().status_handler(status_data, runner_config)
+            if status_data.get("status") == "running" and self.ident:  # ansible-runner wrote its command file
+                (pdd / "artifacts" / self.ident / "command").unlink(missing_ok=True)  # (the channel's token in it)
 
         def artifacts_handler(self, artifact_dir: str) -> None:
-            Path(artifact_dir, "command").unlink(missing_ok=True)  # the execution's command line and environment
-            super().artifacts_handler(artifact_dir)
+            """Only the exit code and the status go back (the events went already): the controller unpacks
+            what it is sent, and needs no more of the node's files."""
+            kept = Path(tempfile.mkdtemp(prefix="back-", dir=pdd))
+            for name in ("rc", "status"):
+                source = Path(artifact_dir, name)
+                if source.is_file():
+                    (kept / name).write_bytes(source.read_bytes()[:64])
+            super().artifacts_handler(str(kept))
 
     spawn_without_close_delay()
     supervision = Supervision(-1, STOP_GRACE)

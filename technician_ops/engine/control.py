@@ -26,6 +26,7 @@ _POLL = 0.02
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 LOCAL = "local"  # the participant that is the controller's own execution
+NODE_OPS = frozenset({"secret", "gate", "environ"})  # what an execution node's tasks may ask (environ: nothing)
 
 
 class ControlServer:
@@ -42,7 +43,8 @@ class ControlServer:
         self._thread: threading.Thread | None = None
 
     def participant_token(self, name: str) -> str:
-        """A token of its own for execution node ``name``: its requests carry ``participant: name``."""
+        """A token of its own for execution node ``name``: its requests carry ``participant: name``, and may
+        only ask what a node's tasks need (``NODE_OPS``: never an approval, never to add to the record)."""
         token = secrets.token_hex(16)
         self._tokens[token] = name
         return token
@@ -56,12 +58,19 @@ class ControlServer:
 
         class _Request(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                line = self.rfile.readline()
+                self.connection.settimeout(30)  # a client that never finishes its line holds no thread
+                try:
+                    line = self.rfile.readline(1 << 20)
+                except OSError:
+                    return
+                self.connection.settimeout(None)  # the answer may take long: a gate waits for every participant
                 try:
                     request = json.loads(line)
                     who = outer._tokens.get(str(request.get("token")))
                     if who is None:
                         reply: dict[str, Any] = {"ok": False, "error": "bad token"}
+                    elif who != LOCAL and request.get("op") not in NODE_OPS:
+                        reply = {"ok": False, "error": f"op {request.get('op')!r} is not for an execution node"}
                     else:
                         request["participant"] = who  # never what the request says of itself
                         handler = outer.handlers.get(request.get("op", ""))
@@ -71,6 +80,9 @@ class ControlServer:
                 self.wfile.write(json.dumps(reply).encode() + b"\n")
 
         self._server = socketserver.ThreadingUnixStreamServer(str(self.path), _Request)
+        # The end of a run never waits on a request a node left hanging.
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
         os.chmod(self.path, 0o600)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(_POLL,), name="technician-ops-control", daemon=True)
         self._thread.start()

@@ -25,6 +25,7 @@ from technician_ops.plan.compiler import GATE_PLAY
 from technician_ops.steps.base import PLUMBING
 
 _SAID = re.compile(r"\s*(changed|ok): \[")
+_UUID = re.compile(r"[A-Za-z0-9-]{1,64}")  # an event's uuid, as its file name takes it: no path in it
 _STATUS = {
     "runner_on_ok": HostStatus.OK,
     "runner_on_failed": HostStatus.FAILED,
@@ -372,9 +373,12 @@ class _EventFiles:
         self.tracker.handle(event)
         if self.directory is None or "uuid" not in event:
             return True  # not set up as expected: ansible-runner writes it, as before
+        counter, uuid = event.get("counter"), str(event["uuid"])
+        if not isinstance(counter, int) or not _UUID.fullmatch(uuid):
+            return False  # not an event ansible-runner made (a node's stream is another machine's words): no file
         import json
 
-        path = self.directory / f"{event.get('counter')}-{event['uuid']}.json"
+        path = self.directory / f"{counter}-{uuid}.json"
         temporary = path.with_name(path.name + ".tmp")
         try:
             data = json.dumps(event).encode("utf-8")

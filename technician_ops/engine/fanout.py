@@ -45,6 +45,7 @@ from technician_ops.state import HostStatus, StepState, StepStatus
 PARTICIPANT_ENV = "TECHNICIAN_OPS_PARTICIPANT"
 LIMIT = "limit.txt"  # a participant's hosts, for --limit @FILE
 LOST_GRACE = 30.0  # seconds a node's stream may take to end after it was told to stop, before it is cut
+LOST_AFTER = 30.0  # seconds of silence (its worker says it is alive every 5 s) after which a node is lost
 
 
 @dataclass
@@ -243,11 +244,13 @@ def run_phase(ctx: Any, shares: list[Share], make_tracker: Callable[[Any], StepT
     lost: dict[str, str] = {}
     threads = []
     try:
+        # Every node's job first: a failure here is the controller's (its disk), before anything starts anywhere.
+        jobs = {share.name: node_directory(ctx, share, ident) for share in shares if share.session is not None}
         for share in shares:
             if share.session is not None:
                 thread = threading.Thread(target=_remote, name=f"technician-ops-node-{share.name}", daemon=True,
-                                          args=(ctx, share, trackers[share.name], gates, results, lost, ident, phase,
-                                                stopping, targets_by_step))
+                                          args=(ctx, share, jobs[share.name], trackers[share.name], gates, results,
+                                                lost, ident, phase, stopping, targets_by_step))
                 thread.start()
                 threads.append(thread)
         local = next((s for s in shares if s.session is None), None)
@@ -335,10 +338,19 @@ def node_directory(ctx: Any, share: Share, ident: str) -> tuple[Path, list[str]]
     return directory, inventories
 
 
-def _remote(ctx: Any, share: Share, tracker: StepTracker, gates: Gates, results: dict[str, ExecutionResult],
-            lost: dict[str, str], ident: str, phase: str, stopping: Callable[[], str | None],
-            targets_by_step: dict[str, set[str]]) -> None:
+def _remote(ctx: Any, share: Share, job: tuple[Path, list[str]], tracker: StepTracker, gates: Gates,
+            results: dict[str, ExecutionResult], lost: dict[str, str], ident: str, phase: str,
+            stopping: Callable[[], str | None], targets_by_step: dict[str, set[str]]) -> None:
     """One node's execution, in its own thread: transmit, then process the worker's stream until it ends."""
+    try:
+        _remote_execution(ctx, share, job, tracker, results, lost, ident, phase, stopping, targets_by_step)
+    finally:
+        gates.end(share.name, lost=lost.get(share.name))
+
+
+def _remote_execution(ctx: Any, share: Share, job: tuple[Path, list[str]], tracker: StepTracker,
+                      results: dict[str, ExecutionResult], lost: dict[str, str], ident: str, phase: str,
+                      stopping: Callable[[], str | None], targets_by_step: dict[str, set[str]]) -> None:
     from technician_ops.engine import ssh_masters
 
     why_lost: str | None = None
@@ -346,8 +358,8 @@ def _remote(ctx: Any, share: Share, tracker: StepTracker, gates: Gates, results:
     statuses: list[str] = []
     tail: list[bytes] = []  # the last of what the worker's ssh said on stderr
     proc = None
+    directory, inventories = job
     try:
-        directory, inventories = node_directory(ctx, share, ident)
         check = ["--check"] if ctx.plan.check and phase == "run" else []
         args = [*check, *_args(ctx.plan.options, Path(".."), phase), "--limit", f"@../{LIMIT}"]
         env = {k: v for k, v in ctx.env.items() if not k.startswith("ANSIBLE_SSH_CONTROL_PATH")
@@ -355,10 +367,13 @@ def _remote(ctx: Any, share: Share, tracker: StepTracker, gates: Gates, results:
                              "TECHNICIAN_OPS_CONTROL_TOKEN", "TECHNICIAN_OPS_STATE_DIR")}
         env.update(share.env)
         env[PARTICIPANT_ENV] = share.name
+        # Its own session: a Ctrl-C at the terminal is technician-ops' to handle (it closes the stream and the
+        # node stops), not ssh's to die of (the node would look lost).
         proc = subprocess.Popen(share.session.worker_argv(ident), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, preexec_fn=ssh_masters.die_with_parent)
+                                stderr=subprocess.PIPE, preexec_fn=ssh_masters.die_with_parent, start_new_session=True)
         threading.Thread(target=_drain, args=(proc, tail), name="technician-ops-node-stderr", daemon=True).start()
-        watcher = _Watcher(proc, stopping, tracker)
+        stream = _Activity(proc.stdout)
+        watcher = _Watcher(proc, stopping, tracker, stream)
         watcher.start()
         from ansible_runner.interface import run as runner_run
 
@@ -373,17 +388,20 @@ def _remote(ctx: Any, share: Share, tracker: StepTracker, gates: Gates, results:
             pass  # the worker is gone: the stream below says so
         events = _EventFiles(tracker)
         events.directory = artifact_dir / "job_events"
-        runner_run(streamer="process", _input=proc.stdout, private_data_dir=str(directory),
+        runner_run(streamer="process", _input=stream, private_data_dir=str(directory),
                    artifact_dir=str(artifact_dir), quiet=True, event_handler=events.handle,
                    status_handler=lambda data, runner_config=None: statuses.append(str(data.get("status"))),
                    cancel_callback=lambda: False)
         watcher.close()
         rc_file = artifact_dir / "rc"
-        if not rc_file.is_file() or (statuses and statuses[-1] == "error"):
+        if watcher.silent:
+            why_lost, rc = f"it said nothing for {LOST_AFTER:g} s", 255
+        elif not rc_file.is_file() or rc_file.is_symlink() or (statuses and statuses[-1] == "error"):
             why_lost = _last_words(proc, tail) or "its stream ended before the execution did"
             rc = 255
         else:
-            rc = int(rc_file.read_text().strip() or 255)
+            text = rc_file.read_text(errors="replace").strip()
+            rc = int(text) if text.isdigit() else 255
     except Exception as exc:  # the node could not even be given the job
         why_lost, rc = f"{type(exc).__name__}: {exc}", 255
     finally:
@@ -396,32 +414,62 @@ def _remote(ctx: Any, share: Share, tracker: StepTracker, gates: Gates, results:
     tracker.finish(rc, stopped=why_lost is not None or bool(stopping()))
     results[share.name] = ExecutionResult(rc, statuses[-1] if statuses else "error", artifact_dir,
                                           stopping() if why_lost is None else None)
-    gates.end(share.name, lost=why_lost)
+
+
+class _Activity:
+    """A node's stream as the Processor reads it, with the time it last said anything (its worker says it is
+    alive every few seconds while a task runs quietly)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self.last = stream, time.monotonic()
+
+    def readline(self, *args: Any) -> bytes:
+        line: bytes = self._stream.readline(*args)
+        self.last = time.monotonic()
+        return line
+
+    def read(self, *args: Any) -> bytes:
+        data: bytes = self._stream.read(*args)
+        self.last = time.monotonic()
+        return data
+
+    def __getattr__(self, name: str) -> Any:  # write, close, closed, flush: Base64IO asks for them
+        return getattr(self._stream, name)
 
 
 class _Watcher(threading.Thread):
-    """Closes a node's stream when the phase stops (the worker then stops its execution), and cuts it when
-    the worker does not end within its grace."""
+    """Closes a node's stream when the phase stops (the worker then stops its execution); cuts it when the
+    worker does not end within its grace, or says nothing for LOST_AFTER (the node is then lost)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], stopping: Callable[[], str | None], tracker: StepTracker) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], stopping: Callable[[], str | None], tracker: StepTracker,
+                 stream: _Activity) -> None:
         super().__init__(name="technician-ops-node-watch", daemon=True)
-        self.proc, self.stopping, self.tracker = proc, stopping, tracker
+        self.proc, self.stopping, self.tracker, self.stream = proc, stopping, tracker, stream
+        self.silent = False
         self._done = threading.Event()
 
     def run(self) -> None:
         told: float | None = None
         while not self._done.wait(0.2):
+            if time.monotonic() - self.stream.last > LOST_AFTER:
+                self.silent = True
+                self.proc.kill()  # the stream ends; the node is taken for lost
+                return
             if told is None and self.stopping() is not None:
                 told = time.monotonic()
                 self.tracker.stopping = True
-                try:
-                    assert self.proc.stdin is not None
-                    self.proc.stdin.close()
-                except (OSError, AssertionError):
-                    pass
+                # In a thread of its own: closing blocks while a transmit is still writing to a stuck node.
+                threading.Thread(target=self._close_input, name="technician-ops-node-close", daemon=True).start()
             elif told is not None and time.monotonic() - told > LOST_GRACE:
                 self.proc.kill()  # the stream ends; the node is taken for lost
                 return
+
+    def _close_input(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
 
     def close(self) -> None:
         self._done.set()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import selectors
 import shlex
 import subprocess
@@ -94,13 +95,13 @@ def assign(targets: list[str], inventory: Any, project: Project) -> dict[str, st
     would otherwise run from the wrong place.
     """
     nodes = project.execution_nodes
+    by_group: dict[str, set[str]] = {}
     by_host: dict[str, str] = {}
     if nodes and inventory is not None:
         for name, node in nodes.items():
             for group in node.groups:
                 for host in inventory.hosts(group):
-                    by_host.setdefault(host, name)
-        for name, node in nodes.items():
+                    by_group.setdefault(host, set()).add(name)
             for host in node.hosts:
                 by_host[host] = name
     out: dict[str, str] = {}
@@ -115,6 +116,12 @@ def assign(targets: list[str], inventory: Any, project: Project) -> dict[str, st
             out[host] = named
         elif host in by_host:
             out[host] = by_host[host]
+        elif len(by_group.get(host, ())) > 1:
+            raise ConfigError(f"execution nodes {' and '.join(sorted(by_group[host]))} both take host {host} (by "
+                              "their groups)", hint="give it one: its technician_ops_execution_node variable, "
+                              "or a node's hosts = [...]")
+        elif host in by_group:
+            out[host] = next(iter(by_group[host]))
     return out
 
 
@@ -190,6 +197,7 @@ class NodeSession:
     hosts: list[str]  # the run's hosts on this node
     control_dir: Path  # the run's control directory (ssh_masters.Masters)
     proc: subprocess.Popen[bytes] | None = None
+    masters: Any = None  # the run's ssh_masters.Masters: every client of this node's master uses its options
     versions: dict[str, Any] = field(default_factory=dict)
     session_dir: str = ""  # the node's private directory for this run
     requiretty: list[str] = field(default_factory=list)
@@ -209,6 +217,7 @@ class NodeSession:
         """Open the master connection (from the main thread: ``PR_SET_PDEATHSIG`` follows the forking thread)."""
         from technician_ops.engine import ssh_masters
 
+        self.masters = masters
         argv = masters.argv(self.spec, timeout, False, remote=self.command("session", "--work-dir", self.node.work_dir))
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      preexec_fn=ssh_masters.die_with_parent, start_new_session=True)
@@ -220,7 +229,8 @@ class NodeSession:
         if first is None:
             raise self._failed()
         here = versions()
-        self.versions = dict(first.get("versions") or {})
+        said: dict[str, Any] = first["versions"] if isinstance(first.get("versions"), dict) else {}
+        self.versions = {k: _plain(str(said.get(k)))[:64] for k in (*CHECKED, "python") if k in said}
         refused = mismatch(self.node.name, here, self.versions)
         if refused is not None:
             raise refused
@@ -236,10 +246,12 @@ class NodeSession:
             raise self._failed()
         info = ready["ready"]
         self.session_dir = str(info.get("session_dir") or "")
-        self.requiretty = [str(h) for h in info.get("requiretty") or []]
-        if not self.session_dir.startswith("/"):
-            raise ConfigError(f"execution node {self.node.name}: its agent gave no private directory")
-        return [f"{p} (via execution node {self.node.name})" for p in info.get("problems") or []]
+        self.requiretty = [str(h) for h in info.get("requiretty") or [] if str(h) in self.hosts]
+        work_dir = self.node.work_dir.rstrip("/") or ""
+        if not re.fullmatch(re.escape(work_dir) + r"/tops-node-[A-Za-z0-9_]{1,64}", self.session_dir):
+            raise ConfigError(f"execution node {self.node.name}: its agent gave no private directory under "
+                              f"{self.node.work_dir}; nothing was changed")
+        return [_plain(f"{p} (via execution node {self.node.name})") for p in info.get("problems") or []]
 
     def _line(self, deadline: float) -> dict[str, Any] | None:
         """The agent's next JSON line, or None when ssh ended (or said nothing) before ``deadline``."""
@@ -287,20 +299,23 @@ class NodeSession:
         from technician_ops.channel import ENV_SOCKET, ENV_TOKEN
 
         self.socket = f"{self.session_dir}/control.sock"
-        proc = subprocess.run(["ssh", "-o", f"ControlPath={self.control_dir}/%C", "-O", "forward",
-                               "-R", f"{self.socket}:{local_socket}", "-p", str(self.spec.port),
-                               *(["-l", self.spec.user] if self.spec.user else []), "--", self.spec.address],
-                              capture_output=True, text=True, timeout=30)
+        argv = self.masters.argv(self.spec, SESSION_TIMEOUT, False, master=False,
+                                 control=["-O", "forward", "-R", f"{self.socket}:{local_socket}"])
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise DependencyUnavailable(f"execution node {self.node.name}: the control channel's forward did not "
+                                        "answer within 30 s") from None
         if proc.returncode != 0:
             raise DependencyUnavailable(f"execution node {self.node.name}: cannot forward the control channel: "
                                         f"{proc.stderr.strip()[-300:] or proc.returncode}")
         return {ENV_SOCKET: self.socket, ENV_TOKEN: token}
 
     def worker_argv(self, ident: str) -> list[str]:
-        """ssh running the agent's worker for one execution, over the master (no new login)."""
-        return ["ssh", "-o", f"ControlPath={self.control_dir}/%C", "-o", "ControlMaster=no", "-o", "BatchMode=yes",
-                "-p", str(self.spec.port), *(["-l", self.spec.user] if self.spec.user else []), "--",
-                self.spec.address, self.command("worker", "--session", self.session_dir, "--ident", ident)]
+        """ssh running the agent's worker for one execution, over the master (no new login): the master's own
+        options, so ssh finds the master's socket (its name hashes host, port, user and jump host)."""
+        return self.masters.argv(self.spec, SESSION_TIMEOUT, False, master=False,
+                                 remote=self.command("worker", "--session", self.session_dir, "--ident", ident))
 
     def describe(self) -> dict[str, Any]:
         """What the record keeps of this node."""
@@ -338,3 +353,11 @@ def participants_of(assigned: dict[str, str], targets: list[str]) -> dict[str, l
         if host in assigned:
             out.setdefault(assigned[host], []).append(host)
     return dict([(LOCAL, out[LOCAL])] + sorted((k, v) for k, v in out.items() if k != LOCAL))
+
+
+_CONTROL = {c: None for c in (*range(0, 9), *range(11, 32), 127, *range(0x80, 0xA0))}
+
+
+def _plain(text: str) -> str:
+    """A node's words as text for a terminal and a record: no control characters (a node is another machine)."""
+    return text.translate(_CONTROL)[:2000]

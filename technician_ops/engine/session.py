@@ -267,6 +267,7 @@ class Session:
         from technician_ops.plan.files import effective_ssh_args
 
         shares = nodes.participants_of(self.assigned, self.targets)
+        self.masters.base_ssh_args = effective_ssh_args(base)  # keepalive (5 s x 3) on every node's connection
         for name, hosts in shares.items():
             if name != LOCAL and hosts:
                 node = self.project.execution_nodes[name]

@@ -119,10 +119,14 @@ class Masters:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.requiretty: list[str] = []  # hosts whose sudo needs a terminal: no pipelining there
 
-    def argv(self, spec: HostSpec, timeout: float, become: bool, *, remote: str | None = None) -> list[str]:
+    def argv(self, spec: HostSpec, timeout: float, become: bool, *, remote: str | None = None, master: bool = True,
+             control: Sequence[str] = ()) -> list[str]:
         """ssh as Ansible's ssh plugin would run it, as the master (our options first: ssh keeps the first).
-        ``remote``: the master's command on the host instead of ours (an execution node's session)."""
-        args = ["ssh", "-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-o", "BatchMode=yes",
+        ``remote``: the master's command on the host instead of ours (an execution node's session).
+        ``master=False``: a client of that master with the very same options (so the same ``%C`` socket);
+        ``control``: a control command for the master (``-O forward -R ...``)."""
+        role = ["-o", "ControlMaster=yes", "-o", "ControlPersist=no"] if master else ["-o", "ControlMaster=no"]
+        args = ["ssh", *role, "-o", "BatchMode=yes",
                 "-o", f"ConnectTimeout={max(1, int(timeout))}",
                 *shlex.split(spec.ssh_args_override if spec.ssh_args_override is not None else self.base_ssh_args)]
         if spec.host_key_policy.value == "no":  # host_key_checking=False, as Ansible passes it
@@ -133,9 +137,10 @@ class Masters:
         if spec.user:
             args += ["-o", f"User={spec.user}"]
         args += shlex.split(spec.ssh_args)
-        if remote is None:
+        if remote is None and not control:
             remote = (_REMOTE_BECOME if become else _REMOTE).format(ready=READY.decode(), requiretty=REQUIRETTY.decode())
-        return [*args, "-o", f"ControlPath={self.directory}/%C", "--", spec.address, remote]
+        return [*args, "-o", f"ControlPath={self.directory}/%C", *control, "--", spec.address,
+                *([remote] if remote is not None else [])]
 
     def open(self, specs: Sequence[HostSpec], timeout: float, *, become: bool = False) -> list[HostProblem]:
         """Open a master to each of ``specs``; the problems of those that failed (classified), in input order."""

@@ -373,18 +373,23 @@ touch /srv/tops/later-running
         assert "VAULT_TOKEN" not in (srv(bed, host) / "env-names").read_text().split()
 
 
-def test_sigterm_stops_every_site_and_undoes_what_ran(project: Path, bed: Testbed) -> None:
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_a_stop_stops_every_site_and_undoes_what_ran(project: Path, bed: Testbed, how: str) -> None:
     (project / "runbooks" / "stop.md").write_text(HEAD + step("s1", """
 - ansible.builtin.shell: mkdir -p /srv/tops && touch /srv/tops/s1-running && sleep 40
 """, undo="- ansible.builtin.shell: echo \"s1 $(date +%s%N)\" >> /srv/tops/undo.log"))
+    # Its own process group, as a terminal gives a command: Ctrl-C reaches every process of that group.
     proc = subprocess.Popen([sys.executable, "-m", "technician_ops.cli", "--project", str(project), "run", "stop"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not all((srv(bed, h) / "s1-running").exists() for h in SITE_HOSTS):
             assert time.monotonic() < deadline and proc.poll() is None, "s1 never ran everywhere"
             time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:  # no node may look lost for it: each closes its stream and stops
+            os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -392,6 +397,7 @@ def test_sigterm_stops_every_site_and_undoes_what_ran(project: Path, bed: Testbe
     assert proc.returncode == ExitCode.INTERRUPTED, out + err
     rec = record(project)
     assert {h: rec["steps"]["s1"]["hosts"][h]["status"] for h in SITE_HOSTS} == dict.fromkeys(SITE_HOSTS, "unknown")
+    assert rec["rollback"]["outcome"] == "rolled_back" and not any("lost" in n["message"] for n in rec["notices"])
     for host in SITE_HOSTS:  # stopped mid-step: undone everywhere, through each site's node
         assert [name for name, _ in undo_log(bed, host)] == ["s1"], host
     assert wait_gone(bed, 30) == []

@@ -158,3 +158,55 @@ def test_host_specs_cross_the_wire_unchanged() -> None:
     import json
 
     assert nodes.spec_from_json(json.loads(json.dumps(nodes.spec_to_json(spec)))) == spec
+
+
+def test_a_host_two_nodes_take_by_their_groups_is_refused(tmp_path: Path) -> None:
+    project = _project(tmp_path, '[execution_nodes.a]\nhost = "n1"\ngroups = ["web"]\n'
+                                 '[execution_nodes.b]\nhost = "n2"\ngroups = ["db"]\n')
+    inv = FakeInventory({"web": ["web1", "both"], "db": ["db1", "both"]}, {})
+    with pytest.raises(ConfigError, match="execution nodes a and b both take host both"):
+        nodes.assign(["web1", "db1", "both"], inv, project)
+    assert nodes.assign(["web1", "db1", "both"], FakeInventory(inv.groups, {"both": "b"}), project)["both"] == "b"
+
+
+def test_a_node_may_ask_the_channel_for_secrets_and_gates_only(tmp_path: Path) -> None:
+    import json
+    import socket
+
+    from technician_ops.engine.control import ControlServer
+    from technician_ops.engine.handlers import Environ
+
+    seen: list[Any] = []
+    handlers = {"environ": Environ({"VAULT_TOKEN": "controller-credential"}),
+                "ask": lambda r: seen.append(r) or {"ok": True, "approved": True},
+                "secret": lambda r: {"ok": True, "value": r["participant"]}}
+
+    def call(server: ControlServer, token: str, op: str, **extra: Any) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(server.path))
+            sock.sendall(json.dumps({"op": op, "token": token, **extra}).encode() + b"\n")
+            return json.loads(sock.makefile().readline())
+
+    with ControlServer(handlers) as server:
+        node = server.participant_token("site-b")
+        assert call(server, node, "secret", participant="local") == {"ok": True, "value": "site-b"}  # not its say
+        assert call(server, node, "environ") == {"ok": True, "values": {}}  # the controller's credentials stay
+        assert call(server, node, "ask", step="gate")["ok"] is False and seen == []  # no approvals from a node
+        assert call(server, server.token, "environ")["values"] == {"VAULT_TOKEN": "controller-credential"}
+        assert call(server, "forged", "secret")["error"] == "bad token"
+
+
+def test_a_streamed_event_names_no_path(tmp_path: Path) -> None:
+    from technician_ops.engine.executor import _EventFiles
+
+    class Tracker:
+        def handle(self, event: Any) -> None:
+            pass
+
+    files = _EventFiles(Tracker())  # type: ignore[arg-type]
+    files.directory = tmp_path / "job_events"
+    files.directory.mkdir()
+    for uuid, counter in (("../../escape", 1), ("/etc/x", 2), ("a.b", 3), ("ok-1", "4")):
+        assert files.handle({"uuid": uuid, "counter": counter}) is False
+    assert files.handle({"uuid": "0f3c-9a", "counter": 5}) is False
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["5-0f3c-9a.json"]
