@@ -6,7 +6,7 @@ passes, nothing is lost, no run is left ``running``, and ``history`` says which 
 The store-level race (4 writers x 50 sealed runs, on SQLite and PostgreSQL) is in
 tests/audit/test_audit_processes.py; this is the same promise through the product, as a team uses it.
 
-Each controller makes ``TOPS_TEST_TEAM_RUNS`` runs (default 10: the suite's share of two cores), of which
+Each controller makes ``TOPS_TEST_TEAM_RUNS`` runs (default 6: the suite's share of two cores), of which
 three are real; ``TOPS_TEST_TEAM_FULL=1`` makes every run a real one (4 x 50 real runs take many minutes).
 """
 
@@ -29,7 +29,7 @@ from tests.integration.conftest import Postgres
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 CONTROLLERS = [f"ctl-{n}" for n in range(4)]
-RUNS = int(os.environ.get("TOPS_TEST_TEAM_RUNS", "50" if os.environ.get("TOPS_TEST_TEAM_FULL") == "1" else "10"))
+RUNS = int(os.environ.get("TOPS_TEST_TEAM_RUNS", "50" if os.environ.get("TOPS_TEST_TEAM_FULL") == "1" else "6"))
 REAL = RUNS if os.environ.get("TOPS_TEST_TEAM_FULL") == "1" else min(3, RUNS)
 
 RUNBOOK = """---
