@@ -21,7 +21,7 @@ from technician_ops.errors import ExitCode
 from technician_ops.events import Bus, Kind
 from technician_ops.outcomes import Outcome
 from technician_ops.plan.compiler import Plan, bind_plan
-from technician_ops.plan.options import AnsibleOptions, cmdline, parse_extra_vars, split_tags
+from technician_ops.plan.options import GATE_TAG, AnsibleOptions, cmdline, parse_extra_vars, split_tags
 from technician_ops.project import Project
 from technician_ops.plan.loader import load
 from technician_ops.state import StepStatus
@@ -182,7 +182,11 @@ def ansible_options(request: RunRequest, runbook: Any, project: Project) -> tupl
     twice = sorted(set(assigned) & set(request.params))
     if twice:
         raise ParameterError(f"parameter {twice[0]!r} is given by both -p and -e")
-    options = AnsibleOptions(request.limit, split_tags(request.tags), split_tags(request.skip_tags), request.diff, extra)
+    skip = split_tags(request.skip_tags)
+    if GATE_TAG in skip:  # approve and check steps, and the barriers between steps over execution nodes
+        raise ParameterError(f"--skip-tags {GATE_TAG}: the '{GATE_TAG}' tag marks technician-ops' gates (approvals, "
+                             "checks, the step barriers over execution nodes): they cannot be skipped")
+    options = AnsibleOptions(request.limit, split_tags(request.tags), skip, request.diff, extra)
     return options, {**request.params, **assigned}
 
 

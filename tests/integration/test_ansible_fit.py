@@ -117,6 +117,14 @@ def test_limit_matching_nothing_refuses_before_anything_runs(fit) -> None:  # ty
     assert not list(fit.hosts_dir.glob("*/*"))
 
 
+@pytest.mark.parametrize("skip", [("always",), ("web", "always")])
+def test_the_gates_tag_cannot_be_skipped(fit, skip: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ParameterError, match="--skip-tags always: .* cannot be skipped") as exc:
+        _run(fit, "fit", skip_tags=(",".join(skip),))
+    assert exc.value.exit_code == ExitCode.DATAERR
+    assert not list(fit.hosts_dir.glob("*/*"))  # refused before anything ran
+
+
 def test_tags_select_steps_by_name_and_tasks_by_their_tags(fit) -> None:  # type: ignore[no-untyped-def]
     result, events, _ = _run(fit, "fit", tags=("write-version",))
     ends = {e["step"]: e for e in events if e["event"] == "step_end"}
