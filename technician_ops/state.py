@@ -173,6 +173,15 @@ class Output:
                 "sha256": self._digest.hexdigest() if self._digest is not None else None, "truncated": self.truncated}
 
 
+# Never reaches a terminal from a value (a host's output, a task name, a node's words): every C0 control but tab
+# and newline (ESC would let a host's output move the cursor or rewrite the operator's screen), DEL, C1.
+CONTROL = {c: None for c in (*range(0, 9), *range(11, 32), 127, *range(0x80, 0xA0))}
+
+
+def printable(text: Any) -> str:
+    return str(text).translate(CONTROL)
+
+
 def clean_text(text: str) -> str:
     """``text`` safe to store and print anywhere: no lone surrogates (undecodable bytes), no NUL."""
     if not text.isascii():

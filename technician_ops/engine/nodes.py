@@ -39,6 +39,7 @@ from technician_ops.engine.control import LOCAL
 from technician_ops.engine.preflight import HostKeyPolicy, HostSpec
 from technician_ops.errors import ConfigError, DependencyUnavailable
 from technician_ops.project import NODE_NAME, ExecutionNode, Project
+from technician_ops.state import printable
 
 # What the versions must agree on (the Python patch level is reported only).
 CHECKED = ("ansible-core", "ansible-runner", "technician-ops", "plugins")
@@ -195,7 +196,6 @@ class NodeSession:
     node: ExecutionNode
     spec: HostSpec
     hosts: list[str]  # the run's hosts on this node
-    control_dir: Path  # the run's control directory (ssh_masters.Masters)
     proc: subprocess.Popen[bytes] | None = None
     masters: Any = None  # the run's ssh_masters.Masters: every client of this node's master uses its options
     versions: dict[str, Any] = field(default_factory=dict)
@@ -355,9 +355,6 @@ def participants_of(assigned: dict[str, str], targets: list[str]) -> dict[str, l
     return dict([(LOCAL, out[LOCAL])] + sorted((k, v) for k, v in out.items() if k != LOCAL))
 
 
-_CONTROL = {c: None for c in (*range(0, 9), *range(11, 32), 127, *range(0x80, 0xA0))}
-
-
 def _plain(text: str) -> str:
     """A node's words as text for a terminal and a record: no control characters (a node is another machine)."""
-    return text.translate(_CONTROL)[:2000]
+    return printable(text)[:2000]

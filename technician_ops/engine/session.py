@@ -232,10 +232,11 @@ class Session:
         """Preflight (opening the run's SSH connections), then the run's directory and files."""
         project = self.project
         with self.refusing(work.header, "refused before any change"):
+            become = uses_become(work.plan) if ssh_targets or self.assigned else False
             if not work.skip_preflight and ssh_targets:
-                preflight(ssh_targets, inventory, self.masters, base, become=uses_become(work.plan))
+                preflight(ssh_targets, inventory, self.masters, base, become=become)
             if self.assigned:
-                self._open_nodes(work, inventory, base, notices)
+                self._open_nodes(work, inventory, base, notices, become=become)
             no_pipelining = self.masters.requiretty if self.masters is not None else []
             if no_pipelining:
                 notices.append(f"sudo on {', '.join(no_pipelining)} needs a terminal (requiretty): "
@@ -260,7 +261,7 @@ class Session:
                 work.header["inventory"] = sources(project.inventory)
         return plan, pdd, files, notices
 
-    def _open_nodes(self, work: Work, inventory: Any, base: Any, notices: list[str]) -> None:
+    def _open_nodes(self, work: Work, inventory: Any, base: Any, notices: list[str], *, become: bool) -> None:
         """A session on each execution node that has hosts (engine/nodes.py): versions compared, its hosts
         checked from the node; a node or host that fails refuses the run before anything changes."""
         from technician_ops.engine import nodes, preflight as checks
@@ -271,15 +272,14 @@ class Session:
         for name, hosts in shares.items():
             if name != LOCAL and hosts:
                 node = self.project.execution_nodes[name]
-                session = nodes.NodeSession(node, nodes.node_spec(node, inventory), hosts, self.masters.directory)
+                session = nodes.NodeSession(node, nodes.node_spec(node, inventory), hosts)
                 self.node_sessions[name] = session
                 session.start(self.masters, checks.DEFAULT_TIMEOUT)
         problems: list[str] = []
-        become = uses_become(work.plan)
         for name, session in self.node_sessions.items():
             specs = checks.specs(inventory, ":".join(session.hosts))
             problems += session.handshake(specs, become=become, timeout=checks.DEFAULT_TIMEOUT,
-                                          ssh_args=effective_ssh_args(base))
+                                          ssh_args=self.masters.base_ssh_args)
         if problems and not work.skip_preflight:
             noun = "host" if len(problems) == 1 else "hosts"
             raise DependencyUnavailable("\n".join([f"preflight: {len(problems)} {noun} not reachable from their "

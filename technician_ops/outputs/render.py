@@ -6,14 +6,11 @@ from typing import Any
 
 from technician_ops.runbook.model import Runbook
 
-# Never reaches a terminal from a value (a host's output, a task name): every C0 control but tab and
-# newline (ESC would let a host's output move the cursor or rewrite the operator's screen), DEL, C1.
-CONTROL = {c: None for c in (*range(0, 9), *range(11, 32), 127, *range(0x80, 0xA0))}
+from technician_ops.state import CONTROL, printable
+
+__all__ = ["CONTROL", "OUTPUT_LINES", "printable"]
+
 OUTPUT_LINES = 10  # lines of a step's output shown per host, unless asked for all
-
-
-def printable(text: Any) -> str:
-    return str(text).translate(CONTROL)
 
 
 def runbook_text(runbook: Runbook, hosts: dict[str, str] | None = None) -> str:
