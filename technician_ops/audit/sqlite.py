@@ -15,6 +15,7 @@ import pathlib
 import sqlite3
 import stat
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
@@ -97,6 +98,25 @@ class _BackgroundQuery:
         self._conn.close()
 
 
+CREATING_S = 5.0  # a 0-byte store younger than this may be another process creating it right now
+
+
+def _erased(path: pathlib.Path) -> bool:
+    """Whether ``path`` is an emptied store: 0 bytes, and not one another process is creating (a new store
+    is 0 bytes between its file's creation and its first write: wait, while it is that young, for it to grow)."""
+    deadline = time.monotonic() + CREATING_S
+    while True:
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 0:
+            return False
+        if time.time() - st.st_mtime > CREATING_S or time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
+
+
 class SqliteStore(AuditStore):
     """Audit store in one SQLite file.  Many processes may share it."""
 
@@ -108,13 +128,10 @@ class SqliteStore(AuditStore):
         if read_only:
             self._open_read_only()
             return
-        try:
-            if self.path.is_file() and self.path.stat().st_size == 0:
-                raise AuditTampered(f"audit store {self.path} is 0 bytes: every record was erased",
-                                    hint="restore it from a backup or an export; 'audit verify --anchor' names "
-                                         "the last record it must hold")
-        except OSError:
-            pass
+        if _erased(self.path):
+            raise AuditTampered(f"audit store {self.path} is 0 bytes: every record was erased",
+                                hint="restore it from a backup or an export; 'audit verify --anchor' names "
+                                     "the last record it must hold")
         try:
             if private_dir:
                 _private_dir(self.path.parent)

@@ -101,3 +101,38 @@ def test_postgres_store_in_a_fresh_database(pg_server: PgServer, tmp_path: pathl
     finally:
         store.close()
     assert not default_path(tmp_path).exists()
+
+
+def test_a_store_another_process_is_creating_is_not_taken_for_erased(tmp_path: pathlib.Path) -> None:
+    """A new store's file is 0 bytes for a moment: a reader opening it then waits for it instead of
+    calling it erased; an old 0-byte store is erased."""
+    import threading
+    import time
+
+    from technician_ops.audit.sqlite import CREATING_S, SqliteStore
+    from technician_ops.errors import AuditTampered
+
+    path = tmp_path / "state" / "audit.db"
+    path.parent.mkdir(mode=0o700)
+    path.touch(mode=0o600)  # what the creating process has done so far
+    done = tmp_path / "other.db"
+    SqliteStore(done).close()
+
+    def finish_creating() -> None:
+        time.sleep(0.3)
+        os.replace(done, path)  # (its first write lands)
+
+    writer = threading.Thread(target=finish_creating)
+    writer.start()
+    store = SqliteStore(path)
+    writer.join()
+    assert store.verify().ok
+    store.close()
+    old = tmp_path / "old" / "audit.db"
+    old.parent.mkdir(mode=0o700)
+    old.touch(mode=0o600)
+    os.utime(old, (time.time() - CREATING_S - 60,) * 2)
+    started = time.monotonic()
+    with pytest.raises(AuditTampered, match="0 bytes"):
+        SqliteStore(old)
+    assert time.monotonic() - started < 1  # an old empty store is judged at once
